@@ -1,0 +1,413 @@
+"""Aggregate a Hydra multirun into median/IQR tables, rank-test comparisons and plots.
+
+Usage: ``python -m experiments.aggregate <multirun_dir> [--metric NAME ...] [--x OVERRIDE_KEY]
+[--compare A:B ...] [--out DIR]``. Seeds are pooled (median and IQR over runs) because one seed says
+little; every other override, plus the record's ``condition``, separates groups.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from experiments.errors import UserError
+from experiments.stats import holm, mann_whitney, median_iqr
+
+OVERRIDES_KEY = "_overrides"  # names of a record's group columns (its job's overrides minus seed)
+_NOT_METRICS = {"condition", "seed", OVERRIDES_KEY}
+SUMMARY_FIELDS = ["condition", "metric", "n", "runs", "median", "q25", "q75"]
+COMPARE_FIELDS = ["metric", "a", "b", "n_a", "n_b", "median_a", "median_b", "diff_median", "p", "p_holm"]
+
+
+# ---------------------------------------------------------------- collecting
+
+
+def _natural_key(path: Path) -> tuple:
+    """Sort job dirs as 0, 1, 2, 10 rather than 0, 1, 10, 2."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path.as_posix()) if t)
+
+
+def _parse_value(raw: str) -> Any:
+    """An override value as YAML would read it (numbers become numbers); non-scalars stay strings."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return value if value is None or isinstance(value, (bool, int, float, str)) else raw
+
+
+def parse_overrides(path: Path) -> dict[str, Any]:
+    """Job overrides as key -> value, without ``hydra.*`` keys and deletions (``~key``)."""
+    if not path.is_file():
+        return {}
+    try:
+        items = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError as exc:
+        raise UserError(f"cannot parse {path}: {exc.__class__.__name__}; re-run the job or delete its dir") from exc
+    if not isinstance(items, list):
+        raise UserError(f"{path} is not a YAML list of overrides; re-run the job or delete its dir")
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key = key.lstrip("+")
+        if not sep or key.startswith("~") or key == "hydra" or key.startswith("hydra."):
+            continue
+        overrides[key] = _parse_value(raw)
+    return overrides
+
+
+def _parse_json_object(text: str, where: str) -> dict[str, Any]:
+    """One JSON object from text, or a UserError naming where it came from."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where} is not valid JSON ({exc.msg}); re-run the job or delete its dir") from exc
+    if not isinstance(obj, dict):
+        raise UserError(f"{where} does not hold a JSON object; re-run the job or delete its dir")
+    return obj
+
+
+def _job_records(job: Path) -> list[dict[str, Any]]:
+    """The records of one completed job, each tagged with the job's overrides as group columns."""
+    overrides = parse_overrides(job / ".hydra" / "overrides.yaml")
+    seed = overrides.pop("seed", None)
+    jsonl = job / "records.jsonl"
+    if jsonl.is_file():
+        raw = []
+        for lineno, line in enumerate(jsonl.read_text().splitlines(), start=1):
+            if line.strip():
+                raw.append(_parse_json_object(line, f"{jsonl}:{lineno}"))
+    else:
+        metrics = _parse_json_object((job / "metrics.json").read_text(), str(job / "metrics.json"))
+        raw = [{"condition": "all", "seed": metrics.get("seed", seed), **metrics}]
+    records = []
+    for rec in raw:
+        clash = sorted(set(rec) & set(overrides))
+        if clash:
+            raise UserError(f"{job}: metric {clash[0]!r} has the name of an override; rename the metric")
+        rec.setdefault("seed", seed)
+        rec["condition"] = str(rec.get("condition", "all"))
+        records.append({**overrides, **rec, OVERRIDES_KEY: tuple(overrides)})
+    return records
+
+
+def collect_records(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """All records under a multirun dir and the number of incomplete jobs (a ``.hydra`` but no metrics)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"multirun dir {sweep_dir} does not exist; pass the dir Hydra printed for the sweep")
+    jobs: list[Path] = []
+    incomplete = 0
+    for root, dirs, files in os.walk(sweep_dir):
+        dirs[:] = [d for d in dirs if d != ".hydra"]
+        if "metrics.json" in files:
+            jobs.append(Path(root))
+        elif (Path(root) / ".hydra").is_dir():
+            incomplete += 1
+    if not jobs:
+        raise UserError(f"no completed jobs (dirs with metrics.json) under {sweep_dir}; run the sweep or pass its dir")
+    records = [rec for job in sorted(jobs, key=_natural_key) for rec in _job_records(job)]
+    return records, incomplete
+
+
+# ---------------------------------------------------------------- summarising
+
+
+def group_columns(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Override columns over all records, in first-seen order."""
+    return list(dict.fromkeys(c for rec in records for c in rec.get(OVERRIDES_KEY, ())))
+
+
+def metric_names(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Numeric metric names seen in any record, in first-seen order."""
+    names: dict[str, None] = {}
+    for rec in records:
+        cols = set(rec.get(OVERRIDES_KEY, ()))
+        for key, value in rec.items():
+            if key not in _NOT_METRICS and key not in cols and isinstance(value, (int, float)):
+                names.setdefault(key)
+    return list(names)
+
+
+def _check_metrics(records: list[dict[str, Any]], metrics: Sequence[str] | None) -> list[str]:
+    """The chosen metrics, defaulting to all; unknown names are a user error."""
+    known = metric_names(records)
+    if metrics is None:
+        return known
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise UserError(f"unknown --metric {unknown[0]}; known metrics: {', '.join(known) or '(none)'}")
+    return list(dict.fromkeys(metrics))
+
+
+def _sort_value(value: Any) -> tuple:
+    """Order mixed override values: numbers, then strings, then missing."""
+    if isinstance(value, (int, float)):
+        return (0, value, "")
+    return (2, 0, "") if value is None else (1, 0, str(value))
+
+
+def _groups(records: list[dict[str, Any]], cols: list[str]) -> dict[tuple, list[dict[str, Any]]]:
+    """Records keyed by their override values, ordered by those values."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(tuple(rec.get(c) for c in cols), []).append(rec)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(_sort_value(v) for v in kv[0])))
+
+
+def _by_condition(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records keyed by condition, in first-seen order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        out.setdefault(str(rec.get("condition", "all")), []).append(rec)
+    return out
+
+
+def _values(records: list[dict[str, Any]], metric: str) -> list[float]:
+    """A metric's values over records, missing and null as NaN."""
+    return [math.nan if rec.get(metric) is None else float(rec[metric]) for rec in records]
+
+
+def summarize(records: list[dict[str, Any]], metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (override group, condition, metric) with n, runs, median, q25, q75."""
+    chosen = _check_metrics(records, metrics)
+    cols = group_columns(records)
+    rows = []
+    for key, group in _groups(records, cols).items():
+        for condition, recs in _by_condition(group).items():
+            for metric in chosen:
+                if not any(metric in rec for rec in recs):
+                    continue
+                values = _values(recs, metric)
+                median, q25, q75 = median_iqr(values)
+                n = sum(not math.isnan(v) for v in values)
+                rows.append({**dict(zip(cols, key)), "condition": condition, "metric": metric, "n": n,
+                             "runs": len(recs), "median": median, "q25": q25, "q75": q75})
+    return rows
+
+
+def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, str]],
+            metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Mann–Whitney A vs B per override group and metric, Holm-adjusted over the whole table."""
+    chosen = _check_metrics(records, metrics)
+    known = set(_by_condition(records))
+    for a, b in pairs:
+        missing = [c for c in (a, b) if c not in known]
+        if missing:
+            raise UserError(f"--compare {a}:{b}: no condition {missing[0]!r}; known: {', '.join(sorted(known))}")
+    cols = group_columns(records)
+    rows = []
+    for key, group in _groups(records, cols).items():
+        by_cond = _by_condition(group)
+        for a, b in pairs:
+            if a not in by_cond or b not in by_cond:
+                continue
+            for metric in chosen:
+                if not any(metric in rec for rec in by_cond[a] + by_cond[b]):
+                    continue
+                va, vb = _values(by_cond[a], metric), _values(by_cond[b], metric)
+                med_a, med_b = median_iqr(va)[0], median_iqr(vb)[0]
+                rows.append({**dict(zip(cols, key)), "metric": metric, "a": a, "b": b,
+                             "n_a": sum(not math.isnan(v) for v in va), "n_b": sum(not math.isnan(v) for v in vb),
+                             "median_a": med_a, "median_b": med_b, "diff_median": med_a - med_b,
+                             "p": mann_whitney(va, vb)})
+    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = adjusted
+    return rows
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _row_columns(rows: list[dict[str, Any]], fixed: list[str]) -> list[str]:
+    """Group columns of summary/comparison rows: every key that is not one of the fixed fields."""
+    return [k for k in dict.fromkeys(k for row in rows for k in row) if k not in fixed]
+
+
+def _fmt(value: Any) -> str:
+    """A table cell: floats to 4 significant digits, missing as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    """A Markdown table; pipes in cells are escaped so columns stay aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def render_markdown(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], title: str,
+                    notes: Sequence[str] = ()) -> str:
+    """summary.md: a header, notes, one table per metric, then the comparisons table if any."""
+    cols = _row_columns(summary, SUMMARY_FIELDS)
+    parts = [f"# {title}", *notes]
+    for metric in dict.fromkeys(r["metric"] for r in summary):
+        body = [[_fmt(r[c]) for c in cols] + [r["condition"], str(r["n"]), _fmt(r["median"]),
+                                              f"[{_fmt(r['q25'])}, {_fmt(r['q75'])}]"]
+                for r in summary if r["metric"] == metric]
+        parts += [f"## {metric}", _md_table([*cols, "condition", "n", "median", "IQR"], body)]
+    if comparisons:
+        ccols = _row_columns(comparisons, COMPARE_FIELDS)
+        body = [[_fmt(r[c]) for c in ccols] + [r["metric"], r["a"], r["b"], str(r["n_a"]), str(r["n_b"]),
+                                               _fmt(r["diff_median"]), _fmt(r["p"]), _fmt(r["p_holm"])]
+                for r in comparisons]
+        header = [*ccols, "metric", "A", "B", "n A", "n B", "median A − B", "p", "p (Holm)"]
+        parts += ["## Comparisons (Mann–Whitney U, two-sided, Holm-adjusted)", _md_table(header, body)]
+    if not summary:
+        parts.append("No numeric metrics found.")
+    return "\n\n".join(parts) + "\n"
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fixed: list[str]) -> None:
+    """Rows as CSV with group columns first; full precision, missing as empty."""
+    fields = _row_columns(rows, fixed) + fixed
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _label(row: dict[str, Any], cols: Sequence[str]) -> str:
+    """A legend/tick label: the condition and the group's override values."""
+    return ", ".join([row["condition"], *(f"{c}={_fmt(row[c])}" for c in cols)])
+
+
+def _plot_lines(ax: Any, rows: list[dict[str, Any]], x: str, cols: list[str]) -> None:
+    """Median vs x per (condition, other overrides), with a shaded IQR band."""
+    others = [c for c in cols if c != x]
+    series: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get(x) is not None:
+            series.setdefault(_label(row, others), []).append(row)
+    xs_all = []
+    for label, pts in series.items():
+        pts.sort(key=lambda r: r[x])
+        xs = [float(r[x]) for r in pts]
+        xs_all += xs
+        line, = ax.plot(xs, [r["median"] for r in pts], marker="o", label=label)
+        ax.fill_between(xs, [r["q25"] for r in pts], [r["q75"] for r in pts], color=line.get_color(), alpha=0.2)
+    if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.legend(fontsize="small")
+
+
+def _plot_bars(ax: Any, rows: list[dict[str, Any]], cols: list[str]) -> None:
+    """Median per group as bars with IQR error bars."""
+    med = [r["median"] for r in rows]
+    low = [0.0 if math.isnan(m - r["q25"]) else m - r["q25"] for m, r in zip(med, rows)]
+    high = [0.0 if math.isnan(r["q75"] - m) else r["q75"] - m for m, r in zip(med, rows)]
+    pos = list(range(len(rows)))
+    ax.bar(pos, [0.0 if math.isnan(m) else m for m in med], yerr=[low, high], capsize=3)
+    ax.set_xticks(pos, [_label(r, cols) for r in rows], rotation=30, ha="right", fontsize="small")
+
+
+def _file_stem(metric: str) -> str:
+    """A metric name usable as a file name: ``test/f1`` -> ``test_f1``."""
+    return re.sub(r"[^\w.-]", "_", metric)
+
+
+def write_plots(out_dir: Path, summary: list[dict[str, Any]], x: str | None = None) -> list[Path]:
+    """One PNG per metric: lines over ``x`` if given, else bars per group."""
+    cols = _row_columns(summary, SUMMARY_FIELDS)
+    if x is not None:
+        bad = [r[x] for r in summary if r.get(x) is not None and not isinstance(r[x], (int, float))]
+        if x not in cols or bad:
+            raise UserError(f"--x {x} needs a numeric override key; got {bad[:1] or 'no such key'}; pick another")
+    paths = []
+    for metric in dict.fromkeys(r["metric"] for r in summary):
+        rows = [r for r in summary if r["metric"] == metric]
+        fig = Figure(figsize=(6.4, 4.8) if x else (max(4.0, min(30.0, 1.0 + 0.6 * len(rows))), 4.8))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        if x:
+            _plot_lines(ax, rows, x, cols)
+        else:
+            _plot_bars(ax, rows, cols)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: median, IQR")
+        path = out_dir / f"plot_{_file_stem(metric)}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def write_outputs(out_dir: Path, summary: list[dict[str, Any]], comparisons: Sequence[dict[str, Any]] = (),
+                  x: str | None = None, title: str = "Aggregate", notes: Sequence[str] = ()) -> str:
+    """Write summary.csv, summary.md, comparisons.csv (if any) and plots; return the Markdown."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output dir {out_dir} ({exc.strerror}); pass a writable --out DIR") from exc
+    comparisons = list(comparisons)
+    markdown = render_markdown(summary, comparisons, title, notes)
+    _write_csv(out_dir / "summary.csv", summary, SUMMARY_FIELDS)
+    (out_dir / "summary.md").write_text(markdown)
+    if comparisons:
+        _write_csv(out_dir / "comparisons.csv", comparisons, COMPARE_FIELDS)
+    write_plots(out_dir, summary, x)
+    return markdown
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _parse_pair(text: str) -> tuple[str, str]:
+    """``A:B`` -> (A, B)."""
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise UserError(f"--compare {text!r} is not A:B; write e.g. --compare freeze_informed:baseline")
+    return a, b
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.aggregate", description=__doc__.split("\n")[0])
+    parser.add_argument("multirun_dir", type=Path)
+    parser.add_argument("--metric", action="append", help="metric to report (repeatable; default: all)")
+    parser.add_argument("--x", help="numeric override key to plot metrics against, e.g. dataset.n_train")
+    parser.add_argument("--compare", action="append", default=[], metavar="A:B", help="conditions to rank-test")
+    parser.add_argument("--out", type=Path, help="output dir (default: <multirun_dir>/aggregate)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line to stderr and return 2."""
+    args = _parser().parse_args(argv)
+    try:
+        records, incomplete = collect_records(args.multirun_dir)
+        cols = group_columns(records)
+        if args.x is not None and args.x not in cols:
+            raise UserError(f"--x {args.x} is not an override key of {args.multirun_dir}; "
+                            f"known keys: {', '.join(cols) or '(none)'}")
+        summary = summarize(records, args.metric)
+        pairs = [_parse_pair(p) for p in args.compare]
+        comparisons = compare(records, pairs, args.metric) if pairs else []
+        notes = [f"{len(records)} records from {args.multirun_dir}"
+                 + (f"; {incomplete} incomplete jobs skipped" if incomplete else "")]
+        markdown = write_outputs(args.out or args.multirun_dir / "aggregate", summary, comparisons, x=args.x,
+                                 title=f"Aggregate of {args.multirun_dir}", notes=notes)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Early validation of `_target_` nodes against the signature of what they instantiate.
+
+A wrong key or type in a YAML file or on the command line would otherwise surface deep inside a
+constructor as a long traceback. Here every config node with a `_target_` is checked before anything
+runs: unknown keys and values whose type cannot match the parameter's annotation become a
+:class:`UserError` naming the full key and the expected type.
+"""
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from experiments.errors import UserError
+
+_UNKNOWN = object()  # an annotation this checker does not understand: accept any value
+
+
+def _matches(value: Any, hint: Any) -> bool | object:
+    """True/False when `value` clearly does / does not fit `hint`; _UNKNOWN when it cannot tell."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        results = [_matches(value, h) for h in typing.get_args(hint)]
+        if any(r is True for r in results):
+            return True
+        return _UNKNOWN if any(r is _UNKNOWN for r in results) else False
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if value is None:
+        return False
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig)) or _UNKNOWN
+    if origin is dict or hint is dict:
+        return isinstance(value, (dict, DictConfig)) or _UNKNOWN
+    return _UNKNOWN
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_target_node(node: DictConfig, key: str) -> None:
+    """Check one `_target_` node's keys and value types against the target's signature."""
+    target_path = node._target_
+    try:
+        target = get_object(target_path)
+    except Exception as exc:  # hydra raises several types for a bad import path
+        raise UserError(f"{key}._target_: cannot import '{target_path}' ({exc.__class__.__name__}); fix the path") from None
+    func = target.__init__ if inspect.isclass(target) else target
+    signature = inspect.signature(func)
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolvable forward references: fall back to no type information
+        hints = {}
+    params = signature.parameters
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for name in node:
+        if str(name).startswith("_") and str(name).endswith("_"):
+            continue
+        full_key = f"{key}.{name}" if key else str(name)
+        if name not in params:
+            if accepts_kwargs:
+                continue
+            valid = ", ".join(p for p in params if p != "self")
+            raise UserError(f"{full_key}: '{name}' is not a parameter of {target_path} (valid: {valid})")
+        value_node = node._get_node(name)
+        if OmegaConf.is_missing(node, name) or (hasattr(value_node, "_is_interpolation") and value_node._is_interpolation()):
+            continue
+        value = node[name]
+        if isinstance(value, DictConfig) and "_target_" in value:
+            continue  # a nested object; checked on its own
+        hint = hints.get(name, params[name].annotation)
+        if _matches(value, hint) is False:
+            raise UserError(
+                f"{full_key}={value!r} has type {type(value).__name__}, but {target_path} expects {_describe(hint)}; fix the value"
+            )
+
+
+def check_targets(cfg: DictConfig, roots: Iterable[str]) -> None:
+    """Check every `_target_` node under the given top-level keys (recursively)."""
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, DictConfig):
+            if "_target_" in node:
+                check_target_node(node, key)
+            for child in node:
+                child_node = node._get_node(child)
+                if isinstance(child_node, (DictConfig, ListConfig)):
+                    walk(node[child], f"{key}.{child}" if key else str(child))
+        elif isinstance(node, ListConfig):
+            for i, item in enumerate(node):
+                walk(item, f"{key}[{i}]")
+
+    for root in roots:
+        if root in cfg and cfg[root] is not None:
+            walk(cfg[root], root)

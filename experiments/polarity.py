@@ -1,0 +1,194 @@
+"""Polarity task: Freeze-SGD vs Fluid training with sign templates (Wang et al., ICML 2023) and
+non-negative networks (arXiv 2208.03211).
+
+One job trains every condition of `cfg.polarity.conditions` for `cfg.task.num_seeds` seeds. Runs of
+one seed share their initial weights and training data, so conditions are compared pairwise. A network
+that supports populations (the XOR MLP) trains all runs in one Lightning fit; other networks train one
+fit per (seed, condition). Metrics follow the paper: validation error at the epoch of minimum
+validation loss, epochs until validation accuracy first reaches `cfg.task.cutoff`, and the fraction of
+runs reaching it; medians and IQR over seeds, Mann-Whitney U between named pairs (Holm-corrected).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from experiments.errors import UserError
+from experiments.polarity_report import learning_curve_figure, summarize_conditions
+from experiments.run_context import RunContext
+from experiments.runner import TaskResult
+from experiments.training import build_trainer
+from models.polarity.freeze_sgd import SignConstraint
+from models.polarity.lit_module import PolarityLitModule
+from models.polarity.run_metrics import run_metrics
+from models.polarity.sign_templates import (
+    align_to_template, constrained_parameters, load_matching, make_template, transferred_names,
+)
+
+log = logging.getLogger(__name__)
+INITS = ("fresh", "source")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One arm of the experiment: a sign template, Freeze-SGD on/off, its reset rule, the init."""
+
+    name: str
+    template: str
+    freeze: bool
+    reset: str
+    init: str = "fresh"
+
+
+def parse_conditions(pcfg: DictConfig) -> list[Condition]:
+    conditions = []
+    for name, spec in (pcfg.get("conditions") or {}).items():
+        unknown = set(spec) - {"template", "freeze", "reset", "init"}
+        if unknown:
+            raise UserError(f"polarity.conditions.{name}: unknown keys {sorted(unknown)} (valid: template, freeze, reset, init)")
+        condition = Condition(str(name), spec.get("template", "random"), bool(spec.get("freeze", False)),
+                              spec.get("reset", pcfg.reset), spec.get("init", "fresh"))
+        if condition.init not in INITS:
+            raise UserError(f"polarity.conditions.{name}.init={condition.init!r} must be one of {INITS}")
+        conditions.append(condition)
+    if not conditions:
+        raise UserError("polarity.conditions is empty: choose a condition set, e.g. polarity=xor")
+    return conditions
+
+
+def build_network(cfg: DictConfig, datamodule, **extra) -> nn.Module:
+    return instantiate(cfg.model.network, **datamodule.network_kwargs, **extra)
+
+
+def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_state: Mapping[str, Tensor] | None,
+                 eps: float, seed: int, constrain_new_layers: bool = True) -> list[SignConstraint]:
+    """Set initial weights for each run and return the Freeze-SGD constraints.
+
+    `conditions[r]` is run r's condition; for a population network the runs are its leading axis,
+    otherwise there is exactly one run. Templates are computed on the fresh weights (so random
+    templates are the run's own init signs), weights are aligned to them (|W| * S), IN-Weight runs copy
+    the source weights, and frozen runs get a constraint (entries of unfrozen runs are 0 = free).
+    """
+    population = getattr(network, "population", False)
+    by_kind = {c.template: make_template(c.template, network, source_state) for c in conditions}
+    new_layers = set()
+    if source_state is not None and not constrain_new_layers:
+        new_layers = set(constrained_parameters(network)) - set(transferred_names(network, source_state))
+
+    def per_run(select: callable) -> dict[str, Tensor]:
+        stacked = {}
+        for name in constrained_parameters(network):
+            rows = [select(c, by_kind[c.template][name][r] if population else by_kind[c.template][name])
+                    for r, c in enumerate(conditions)]
+            stacked[name] = torch.stack(rows) if population else rows[0]
+        return stacked
+
+    init_templates = per_run(lambda c, t: t)
+    align_to_template(network, init_templates)
+    if any(c.init == "source" for c in conditions):
+        if population:
+            raise UserError("init: source (IN-Weight) is not supported for population networks")
+        load_matching(network, source_state)
+    constraints = []
+    for reset in dict.fromkeys(c.reset for c in conditions if c.freeze):
+        templates = per_run(lambda c, t: t if (c.freeze and c.reset == reset) else torch.zeros_like(t))
+        for name in new_layers:
+            templates[name] = torch.zeros_like(templates[name])
+        constraints.append(SignConstraint(templates, reset=reset, eps=eps, seed=seed))
+    return constraints
+
+
+def fit(cfg: DictConfig, ctx: RunContext, fit_name: str, network: nn.Module, datamodule,
+        constraints: Sequence[SignConstraint], labels: Sequence[str], data_index: Sequence[int] | None = None,
+        max_epochs: int | None = None) -> PolarityLitModule:
+    """One Lightning fit (resumed from checkpoints/<fit_name>/last.ckpt when present)."""
+    epochs = int(max_epochs or cfg.trainer.get("max_epochs") or 1)
+    module = PolarityLitModule(network, instantiate(cfg.model.optimizer), constraints, labels, data_index, history_len=epochs)
+    overrides = {"max_epochs": epochs} if max_epochs else {}
+    trainer, ckpt_path = build_trainer(cfg, ctx, fit_name, **overrides)
+    if ckpt_path:
+        log.info("%s: resuming from %s", fit_name, ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return module
+
+
+def load_source_state(path: str) -> dict[str, Tensor]:
+    """A source network's weights from a .ckpt of this task (keys `network.*`) or a plain state_dict."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"polarity.source.checkpoint={path}: no such file") from None
+    except Exception as exc:
+        raise UserError(f"polarity.source.checkpoint={path}: not a readable torch checkpoint ({exc.__class__.__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = {k.removeprefix("network."): v for k, v in state["state_dict"].items() if k.startswith("network.")}
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"polarity.source.checkpoint={path}: expected a state_dict of tensors")
+    return state
+
+
+def train_source(cfg: DictConfig, ctx: RunContext) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Train the source network on the source slice of the data set (paper: the ImageNet AlexNet)."""
+    source = cfg.polarity.source
+    if source.get("checkpoint"):
+        return load_source_state(source.checkpoint), {}
+    datamodule = instantiate(cfg.dataset, **OmegaConf.to_container(source.dataset), subset_seed=cfg.seed)
+    datamodule.setup("fit")
+    torch.manual_seed(cfg.seed)
+    network = build_network(cfg, datamodule)
+    module = fit(cfg, ctx, "source", network, datamodule, [], ["source"], max_epochs=int(source.max_epochs))
+    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    torch.save(state, ctx.output_dir / "source_network.pt")
+    loss, acc = module.curves()
+    return state, {f"source/{k}": v for k, v in run_metrics(loss[:, 0], acc[:, 0], cfg.task.cutoff).items()
+                   if k in ("val_error", "final_val_error")}
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    pcfg, cutoff = cfg.polarity, float(cfg.task.cutoff)
+    conditions = parse_conditions(pcfg)
+    seeds = [cfg.seed * int(cfg.task.num_seeds) + i for i in range(int(cfg.task.num_seeds))]
+    needs_source = any(c.template == "transfer" or c.init == "source" for c in conditions)
+    source_state, extra_metrics = train_source(cfg, ctx) if needs_source else (None, {})
+    constrain_new = bool(pcfg.get("freeze_new_layers", True))
+
+    records, curves = [], []
+
+    def collect(module: PolarityLitModule, runs: Sequence[tuple[Condition, int]]) -> None:
+        loss, acc = module.curves()
+        for r, (condition, seed) in enumerate(runs):
+            records.append({"condition": condition.name, "seed": seed, **run_metrics(loss[:, r], acc[:, r], cutoff)})
+            curves.append((condition.name, acc[:, r]))
+
+    if getattr(get_class(cfg.model.network._target_), "population", False):
+        runs = [(c, s) for c in conditions for s in seeds]
+        datamodule = instantiate(cfg.dataset, seeds=seeds)
+        network = build_network(cfg, datamodule, num_runs=len(runs), init_seeds=[s for _, s in runs])
+        constraints = prepare_runs(network, [c for c, _ in runs], source_state, pcfg.eps, cfg.seed, constrain_new)
+        data_index = [seeds.index(s) for _, s in runs]
+        collect(fit(cfg, ctx, "population", network, datamodule, constraints, [c.name for c, _ in runs], data_index), runs)
+    else:
+        for seed in seeds:
+            datamodule = instantiate(cfg.dataset, subset_seed=seed)
+            datamodule.setup("fit")
+            for condition in conditions:
+                torch.manual_seed(seed)  # same fresh init for every condition of this seed
+                network = build_network(cfg, datamodule)
+                constraints = prepare_runs(network, [condition], source_state, pcfg.eps, seed, constrain_new)
+                module = fit(cfg, ctx, f"{condition.name}_seed{seed}", network, datamodule, constraints, [condition.name])
+                collect(module, [(condition, seed)])
+
+    pairs = [tuple(pair) for pair in (pcfg.get("compare") or [])]
+    metrics, table = summarize_conditions(records, [c.name for c in conditions], pairs, cutoff)
+    metrics.update(extra_metrics)
+    ctx.save_figure(learning_curve_figure(curves, cutoff, title=f"{cfg.dataset.name}, {cfg.model.name}"), "learning_curves")
+    header = (f"### Polarity: {cfg.dataset.name}, {cfg.model.name}, {len(seeds)} seeds per condition\n\n"
+              f"Validation error at the epoch of minimum validation loss; epochs until validation accuracy "
+              f"first reaches {cutoff:g} (among runs that reach it).\n\n")
+    return TaskResult(metrics=metrics, table=header + table, records=records)

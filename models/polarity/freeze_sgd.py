@@ -1,0 +1,92 @@
+"""Freeze-SGD (paper Alg. 1): after every optimiser step, weights whose sign disagrees with their
+template are reset. It is a projection, so it works with any optimiser (the paper uses Adam).
+
+Reset rules for a violated entry (W * S < 0, strictly):
+  posRand  S * U(0, eps)   the paper's default (eps = 1e-3)
+  zero     0               with an all-positive template: projection onto W >= 0
+  flip     -W              mirror the weight back across zero
+  posCon   S * eps
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from experiments.errors import UserError
+from models.polarity.sign_templates import Templates
+
+ResetRule = Callable[[Tensor, Tensor, float, torch.Generator | None], Tensor]
+
+
+def _pos_rand(weight: Tensor, sign: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+    noise = torch.rand(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype)
+    return sign * noise.mul_(eps)
+
+
+RESET_RULES: dict[str, ResetRule] = {
+    "posRand": _pos_rand,
+    "zero": lambda w, s, eps, g: torch.zeros_like(w),
+    "flip": lambda w, s, eps, g: -w,
+    "posCon": lambda w, s, eps, g: s * eps,
+}
+
+
+class SignConstraint(nn.Module):
+    """Holds templates for named weights of a network and projects those weights onto them.
+
+    Templates are buffers (they follow the module across devices and into checkpoints); the random
+    generator's state is saved too, so a resumed run resets exactly as an uninterrupted one would.
+    """
+
+    def __init__(self, templates: Templates, reset: str = "posRand", eps: float = 1e-3, seed: int = 0) -> None:
+        super().__init__()
+        if reset not in RESET_RULES:
+            raise UserError(f"unknown Freeze-SGD reset rule '{reset}' (valid: {', '.join(RESET_RULES)})")
+        self.reset, self.eps, self.seed = reset, float(eps), int(seed)
+        self.names = list(templates)
+        for i, name in enumerate(self.names):
+            self.register_buffer(f"template_{i}", templates[name].detach().clone())
+        self._generator: torch.Generator | None = None
+        self._generator_state: Tensor | None = None
+
+    def template(self, name: str) -> Tensor:
+        return getattr(self, f"template_{self.names.index(name)}")
+
+    def _rng(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+            if self._generator_state is not None:
+                self._generator.set_state(self._generator_state)
+        return self._generator
+
+    @torch.no_grad()
+    def project_(self, network: nn.Module) -> int:
+        """Reset every weight that crossed its template's sign; returns how many were reset."""
+        params = dict(network.named_parameters())
+        rule = RESET_RULES[self.reset]
+        violations = 0
+        for i, name in enumerate(self.names):
+            weight, sign = params[name], getattr(self, f"template_{i}")
+            violated = torch.mul(weight, sign) < 0
+            count = int(violated.sum())
+            if count == 0:
+                continue
+            violations += count
+            generator = self._rng(weight.device) if self.reset == "posRand" else None
+            weight.copy_(torch.where(violated, rule(weight, sign, self.eps, generator), weight))
+        return violations
+
+    def attach(self, optimizer: torch.optim.Optimizer, network: nn.Module) -> None:
+        """Project after every `optimizer.step()`, whatever the optimiser."""
+        optimizer.register_step_post_hook(lambda *_: self.project_(network))
+
+    def get_extra_state(self) -> dict:
+        state = self._generator.get_state() if self._generator is not None else self._generator_state
+        return {"generator_state": state}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._generator_state = state.get("generator_state")
+        self._generator = None

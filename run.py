@@ -1,0 +1,24 @@
+"""The single entry point: `python run.py [group=option ...] [key=value ...]` (add -m to sweep).
+
+Hydra composes conf/ into one config; the task named by cfg.task.runner does the work; the run dir
+gets metrics.json, results.md, plots/ and checkpoints/. The return value is the sweep objective.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import experiments.resolvers  # noqa: F401  (registers ${wandb_offline:} and ${sweep_group:})
+from experiments.runner import run_task
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
