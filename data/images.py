@@ -93,7 +93,7 @@ def _ensure_file(path: Path, url: str, download: bool) -> None:
     if path.is_file():
         return
     if not download:
-        raise missing_file(path, f"download it from {url} or set download=true")
+        raise missing_file(path, f"download it from {url} or set dataset.download=true")
     _download(url, path)
 
 
@@ -120,7 +120,7 @@ def _cifar_batch_dir(root: Path) -> Path | None:
 def _read_cifar_batch(path: Path) -> Arrays:
     """Unpickle one CIFAR-10 python batch into (N, 32, 32, 3) uint8 images and int64 labels."""
     if not path.is_file():
-        raise missing_file(path, f"download and extract {CIFAR10_URL} or set download=true")
+        raise missing_file(path, f"download and extract {CIFAR10_URL} or set dataset.download=true")
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
@@ -151,7 +151,7 @@ def _read_cifar10(root: Path, split: str, download: bool) -> Arrays:
         return _read_image_folder(root, split, download)
     if batch_dir is None:
         if not download:
-            raise missing_file(root / _CIFAR_DIR, f"download and extract {CIFAR10_URL} there or set download=true")
+            raise missing_file(root / _CIFAR_DIR, f"download and extract {CIFAR10_URL} there or set dataset.download=true")
         _download_cifar10(root)
         batch_dir = root / _CIFAR_DIR
     parts = [_read_cifar_batch(batch_dir / name) for name in _CIFAR_BATCHES[split]]
@@ -237,7 +237,7 @@ def filter_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int
     classes = [int(c) for c in classes]
     present = set(np.unique(labels).tolist())
     if len(set(classes)) != len(classes) or not set(classes) <= present:
-        raise UserError(f"data.classes={classes} must be distinct labels from {sorted(present)}")
+        raise UserError(f"dataset.classes={classes} must be distinct labels from {sorted(present)}")
     lookup = np.full(max(present) + 1, -1, dtype=np.int64)
     lookup[classes] = np.arange(len(classes))
     keep = np.isin(labels, classes)
@@ -248,7 +248,7 @@ def pool_indices(n: int, pool: tuple[float, float]) -> np.ndarray:
     """Indices in the fraction range ``pool`` of a fixed permutation, so adjacent ranges are disjoint."""
     low, high = pool
     if not 0.0 <= low < high <= 1.0:
-        raise UserError(f"data.pool={list(pool)} must satisfy 0 <= low < high <= 1")
+        raise UserError(f"dataset.pool={list(pool)} must satisfy 0 <= low < high <= 1")
     order = np.random.default_rng(_POOL_SEED).permutation(n)
     return order[round(low * n):round(high * n)]
 
@@ -261,8 +261,8 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     if n is None:
         return np.arange(len(labels))
     if not 0 < n <= len(labels):
-        raise UserError(f"data.n_train={n} must be between 1 and the training pool size {len(labels)}: "
-                        "lower n_train or widen data.pool")
+        raise UserError(f"dataset.n_train={n} must be between 1 and the training pool size {len(labels)}: "
+                        "lower n_train or widen dataset.pool")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     class_order = rng.permutation(np.unique(labels))
@@ -279,7 +279,7 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
 def eval_split(n: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
     """(validation, test) positions: ``n_val`` fixed-seed picks and the rest."""
     if not 0 <= n_val <= n:
-        raise UserError(f"data.n_val={n_val} must be between 0 and the test split size {n}")
+        raise UserError(f"dataset.n_val={n_val} must be between 0 and the test split size {n}")
     order = np.random.default_rng(_VAL_SEED).permutation(n)
     return np.sort(order[:n_val]), np.sort(order[n_val:])
 
@@ -363,7 +363,7 @@ class ImageDataModule(L.LightningDataModule):
             raise UserError(f"unknown image dataset data.name={name!r}: use one of {', '.join(sorted(_READERS))}")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if int(value) < 1:
-                raise UserError(f"data.{key}={value} must be >= 1")
+                raise UserError(f"dataset.{key}={value} must be >= 1")
         if resize is not None and int(resize) < 1:
             raise UserError(f"dataset.resize={resize} must be >= 1 or null")
         self.name, self.root = name, Path(root).expanduser()

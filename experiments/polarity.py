@@ -10,6 +10,7 @@ runs reaching it; medians and IQR over seeds, Mann-Whitney U between named pairs
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
             curves.append((condition.name, acc[:, r]))
 
     if getattr(get_class(cfg.model.network._target_), "population", False):
+        if "seeds" not in inspect.signature(get_class(cfg.dataset._target_)).parameters:
+            raise UserError(f"model={cfg.model.name} trains a population on XOR-style data, not on dataset={cfg.dataset.name}; "
+                            "use model=polarity_cnn or model=polarity_alexnet for images")
         runs = [(c, s) for c in conditions for s in seeds]
         datamodule = instantiate(cfg.dataset, seeds=seeds)
         network = build_network(cfg, datamodule, num_runs=len(runs), init_seeds=[s for _, s in runs])

@@ -34,6 +34,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def is_global_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 class RunContext:
     """Owns the loggers, checkpoint folders and figure output of one run dir."""
 
@@ -55,19 +61,20 @@ class RunContext:
         return self._loggers
 
     def log_final_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Final metrics: the W&B run summary, a last step for the other loggers."""
+        """Final metrics into the W&B run summary and as a last TensorBoard step. (The CSV logger keeps
+        the per-epoch history only: its final numbers are metrics.json.)"""
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.summary.update(dict(metrics))
-            else:
+            elif isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(dict(metrics))
-            logger.save()
+                logger.save()
 
     def save_figure(self, figure: Any, name: str) -> Path:
-        """Save a matplotlib figure as plots/<name>.png and log it as an image to W&B / TensorBoard."""
-        import matplotlib.pyplot as plt
-
+        """Save a matplotlib Figure (pyplot-free, so nothing global leaks) as plots/<name>.png and log it as an image to W&B / TensorBoard."""
         path = self.output_dir / "plots" / f"{name}.png"
+        if not is_global_zero():
+            return path  # other DDP ranks (SLURM tasks) run the same code; one writer is enough
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=120, bbox_inches="tight")
         for logger in self.loggers:
@@ -75,7 +82,6 @@ class RunContext:
                 logger.log_image(key=f"plots/{name}", images=[str(path)])
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(f"plots/{name}", figure)
-        plt.close(figure)
         return path
 
     def close(self) -> None:

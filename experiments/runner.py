@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments.config_check import check_targets
 from experiments.errors import UserError
-from experiments.run_context import RunContext, atomic_write_text
+from experiments.run_context import RunContext, is_global_zero, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,6 @@ class TaskResult:
     metrics: dict[str, float]
     table: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _is_global_zero() -> bool:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _json_number(value: Any) -> Any:
@@ -106,7 +101,7 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
         ctx = RunContext(cfg, output_dir)
         try:
             result = runner(cfg, ctx)
-            if _is_global_zero():
+            if is_global_zero():
                 ctx.log_final_metrics(result.metrics)
                 write_results(ctx, result)
                 print(result.table)
@@ -116,6 +111,9 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
         return objective(cfg, result.metrics)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except InstantiationException as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""

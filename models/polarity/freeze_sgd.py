@@ -48,6 +48,7 @@ class SignConstraint(nn.Module):
         self.names = list(templates)
         for i, name in enumerate(self.names):
             self.register_buffer(f"template_{i}", templates[name].detach().clone())
+        self.last_violations = 0  # resets made by the latest projection
         self._generator: torch.Generator | None = None
         self._generator_state: Tensor | None = None
 
@@ -77,6 +78,7 @@ class SignConstraint(nn.Module):
             violations += count
             generator = self._rng(weight.device) if self.reset == "posRand" else None
             weight.copy_(torch.where(violated, rule(weight, sign, self.eps, generator), weight))
+        self.last_violations = violations
         return violations
 
     def attach(self, optimizer: torch.optim.Optimizer, network: nn.Module) -> None:

@@ -92,6 +92,16 @@ class PolarityLitModule(pl.LightningModule):
             self.log(f"{label}/val_acc_median", acc[mask].median(), sync_dist=False)
             self.log(f"{label}/val_loss_median", loss[mask].median(), sync_dist=False)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resume into a run with a different max_epochs: pad or cut the saved curves to this length."""
+        state = checkpoint["state_dict"]
+        for key in ("val_loss_history", "val_acc_history"):
+            saved, current = state[key], getattr(self, key)
+            resized = torch.full_like(current, float("nan"))
+            epochs = min(saved.shape[0], current.shape[0])
+            resized[:epochs] = saved[:epochs]
+            state[key] = resized
+
     def curves(self) -> tuple[np.ndarray, np.ndarray]:
         """Validation (loss, accuracy) histories, shape (epochs, runs), NaN for epochs not run."""
         return self.val_loss_history.cpu().numpy(), self.val_acc_history.cpu().numpy()

@@ -1,0 +1,72 @@
+"""Shared fixtures: the data root, in-process config composition, and the command line in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import experiments.resolvers  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+DATA_DIR = Path(os.environ.get("FIVEFOLD_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"real data root {DATA_DIR} is absent (set FIVEFOLD_DATA_DIR)")
+    return DATA_DIR
+
+
+def compose_config(overrides: Sequence[str], output_dir: Path | None = None) -> DictConfig:
+    """The config `python run.py <overrides>` would get, with HydraConfig set as in a real run."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        return compose_config([f"paths.data_dir={DATA_DIR}", *overrides], output_dir or tmp_path / "run")
+
+    yield make
+    GlobalHydra.instance().clear()
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FIVEFOLD_DATA_DIR=str(DATA_DIR), WANDB_MODE="offline", WANDB_SILENT="true", PYTHONHASHSEED="0")
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python run.py *args` with run/sweep dirs under tmp_path unless the args set them."""
+
+    def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        extra = []
+        if not any(a.startswith("hydra.run.dir=") for a in args):
+            extra.append(f"hydra.run.dir={tmp_path / 'run'}")
+        if not any(a.startswith("hydra.sweep.dir=") for a in args):
+            extra.append(f"hydra.sweep.dir={tmp_path / 'multirun'}")
+        return subprocess.run([sys.executable, "run.py", *args, *extra], cwd=REPO, env=cli_env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run

@@ -1,0 +1,84 @@
+"""The polarity task end to end, in-process: each experiment's smoke run, the non-negative claim,
+transfer on real images, and resume-from-checkpoint reproducibility."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.runner import run_task
+from tests.conftest import CONF
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+SMALL = {  # keep each experiment's smoke run to seconds on 2 CPU cores
+    "polarity_fashion_mnist": ["dataset.n_val=200", "polarity.source.dataset.n_train=500"],
+    "polarity_fashion_mnist_alexnet": ["dataset.n_val=200", "polarity.source.dataset.n_train=500",
+                                        "model.network.width_mult=0.05", "dataset.resize=64", "dataset.batch_size=8",
+                                        "dataset.eval_batch_size=50", "trainer.accelerator=cpu"],
+}
+
+
+def read_metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_of_every_experiment(experiment: str, make_config, data_dir: Path, tmp_path: Path) -> None:
+    cfg = make_config(f"experiment={experiment}", "debug=fast", *SMALL.get(experiment, []))
+    run_task(cfg, tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    conditions = list(cfg.polarity.conditions)
+    for condition in conditions:
+        assert metrics[f"{condition}/runs"] == cfg.task.num_seeds
+        assert 0.0 <= metrics[f"{condition}/val_error_median"] <= 1.0
+    records = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
+    assert len(records) == len(conditions) * cfg.task.num_seeds
+    assert (tmp_path / "run" / "plots" / "learning_curves.png").stat().st_size > 0
+    assert "| condition |" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_nonnegative_nets_cannot_solve_xor_but_unconstrained_ones_do(make_config, tmp_path: Path) -> None:
+    cfg = make_config("experiment=nonneg_xor", "task.num_seeds=4", "trainer.max_epochs=40", "logger=none",
+                      "callbacks=none", "trainer.enable_progress_bar=false")
+    run_task(cfg, tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["nonneg/best_val_acc_max"] <= 0.75  # every seed, every epoch
+    assert metrics["unconstrained/best_val_acc_min"] >= 0.95
+    records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert {r["condition"] for r in records} == {"nonneg", "unconstrained"}
+
+
+def test_polarity_transfer_on_real_digits(make_config, tmp_path: Path) -> None:
+    """Source: digits 0-4 from half the pool; target: all 10 digits from the other half."""
+    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=200", "dataset.n_val=150",
+                      "polarity.source.dataset.n_train=300", "polarity.source.max_epochs=5", "trainer.max_epochs=15",
+                      "model.network.channels=[8,16]", "model.network.hidden=32", "logger=csv",
+                      "trainer.enable_progress_bar=false")
+    run_task(cfg, tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["source/val_error"] < 0.5  # the source really learned digits 0-4
+    for condition in cfg.polarity.conditions:
+        assert metrics[f"{condition}/val_error_median"] < 0.9  # better than chance on 10 classes
+    assert (tmp_path / "run" / "source_network.pt").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "freeze_in_pol_seed0" / "last.ckpt").is_file()
+    assert "freeze_in_pol_vs_fluid_in_pol/val_error_mwu_p" in metrics
+
+
+def test_a_saved_source_network_can_be_reused(make_config, tmp_path: Path) -> None:
+    common = ["experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150", "debug=fast",
+              "polarity.source.dataset.n_train=100", "task.num_seeds=1"]
+    run_task(make_config(*common, output_dir=tmp_path / "first"), tmp_path / "first")
+    source = tmp_path / "first" / "source_network.pt"
+    run_task(make_config(*common, f"polarity.source.checkpoint={source}", output_dir=tmp_path / "second"), tmp_path / "second")
+    assert "source/val_error" not in read_metrics(tmp_path / "second")  # loaded, not retrained
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(make_config, tmp_path: Path) -> None:
+    common = ["task.num_seeds=3", "logger=none", "trainer.enable_progress_bar=false", "dataset.n_train=40"]
+    run_task(make_config(*common, "trainer.max_epochs=8", output_dir=tmp_path / "straight"), tmp_path / "straight")
+    interrupted = tmp_path / "interrupted"
+    run_task(make_config(*common, "trainer.max_epochs=4", output_dir=interrupted), interrupted)
+    assert read_metrics(interrupted) != read_metrics(tmp_path / "straight")
+    run_task(make_config(*common, "trainer.max_epochs=8", "ckpt_path=last", output_dir=interrupted), interrupted)
+    assert read_metrics(interrupted) == read_metrics(tmp_path / "straight")

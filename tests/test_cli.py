@@ -1,0 +1,111 @@
+"""The command line as a user runs it: default run, sweeps, launchers, Optuna, DDP, W&B, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.aggregate import main as aggregate_main
+from tests.wandb_records import summary_and_config
+
+FAST = ("debug=fast",)
+
+
+def completed_jobs(sweep_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in sweep_dir.glob("*/metrics.json"))
+
+
+def test_default_run_writes_the_run_dir_and_prints_a_table(run_cli, tmp_path: Path) -> None:
+    result = run_cli("task.num_seeds=3", "trainer.max_epochs=20", "logger=csv")
+    assert result.returncode == 0, result.stderr
+    assert "| freeze_informed |" in result.stdout
+    run = tmp_path / "run"
+    for name in (".hydra/config.yaml", "metrics.json", "results.md", "records.jsonl", "plots/learning_curves.png",
+                 "checkpoints/population/last.ckpt", "run.log"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"freeze_informed/val_error_median", "fluid/epochs_to_cutoff_median",
+                            "freeze_informed_vs_fluid/val_error_mwu_p"}
+    assert list((run / "csv").rglob("metrics.csv")), "the CSV logger wrote its metrics"
+
+
+def test_multirun_of_two_jobs_then_aggregate(run_cli, tmp_path: Path, capsys) -> None:
+    result = run_cli("-m", *FAST, "seed=0,1")
+    assert result.returncode == 0, result.stderr
+    jobs = completed_jobs(tmp_path / "multirun")
+    assert len(jobs) == 2
+    assert yaml.safe_load((jobs[1] / ".hydra" / "overrides.yaml").read_text()) == ["debug=fast", "seed=1"]
+    assert aggregate_main([str(tmp_path / "multirun"), "--compare", "freeze_informed:fluid"]) == 0
+    table = (tmp_path / "multirun" / "aggregate" / "summary.md").read_text()
+    assert "freeze_informed" in table and "val_error" in table
+    assert list((tmp_path / "multirun" / "aggregate").glob("*.png"))
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(run_cli, tmp_path: Path) -> None:
+    result = run_cli("-m", *FAST, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert result.returncode == 0, result.stderr
+    assert "Joblib.Parallel" in result.stdout + result.stderr
+    assert len(completed_jobs(tmp_path / "multirun")) == 2
+
+
+def test_submitit_local_launcher_runs_the_cluster_code_path(run_cli, tmp_path: Path) -> None:
+    result = run_cli("-m", *FAST, "seed=0,1", "hydra/launcher=submitit_local")
+    assert result.returncode == 0, result.stderr
+    assert len(completed_jobs(tmp_path / "multirun")) == 2
+    assert list((tmp_path / "multirun" / ".submitit").rglob("*_result.pkl"))
+
+
+def test_optuna_search_of_two_trials_optimises_the_returned_metric(run_cli, tmp_path: Path) -> None:
+    storage = tmp_path / "optuna.db"
+    result = run_cli("-m", "hparams_search=polarity_xor_optuna", "hydra.sweeper.n_trials=2", *FAST,
+                     f"hydra.sweeper.storage=sqlite:///{storage}")
+    assert result.returncode == 0, result.stderr
+    best = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
+    values = [json.loads((job / "metrics.json").read_text())["freeze_informed/val_error_median"]
+              for job in completed_jobs(tmp_path / "multirun")]
+    assert len(values) == 2 and best["best_value"] == pytest.approx(min(values))
+    assert storage.stat().st_size > 0
+
+
+def test_ddp_with_two_cpu_processes(run_cli, tmp_path: Path) -> None:
+    result = run_cli("trainer=ddp_cpu", "trainer.max_epochs=3", "task.num_seeds=2", "logger=csv",
+                     "trainer.enable_progress_bar=false")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["freeze_informed/val_error_median"] <= 1  # curves came back from the spawned ranks
+
+
+def test_wandb_offline_run_holds_the_metrics_and_config(run_cli, tmp_path: Path) -> None:
+    result = run_cli("task.num_seeds=2", "trainer.max_epochs=3", "logger=wandb", "trainer.enable_progress_bar=false")
+    assert result.returncode == 0, result.stderr
+    run_files = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    summary, config = summary_and_config(run_files[0])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["freeze_informed/val_error_median"] == pytest.approx(metrics["freeze_informed/val_error_median"])
+    assert "val/acc" in summary  # per-epoch history went through Lightning's logger
+    assert config["task"]["name"] == "polarity" and config["seed"] == 0
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images/plots/*.png"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("model=nope",), "Could not find 'model/nope'"),
+    (("foo=1",), "Could not override 'foo'"),
+    (("dataset.n_train=abc",), "error: dataset.n_train='abc' has type str"),
+    (("model=polarity_cnn", "dataset=fashion_mnist", "paths.data_dir=/nonexistent"),
+     "error: missing data file /nonexistent/images/fashion-mnist/train-images-idx3-ubyte.gz"),
+    (("hydra.run.dir=/proc/forbidden",), "error: hydra.run.dir=/proc/forbidden"),
+    (("experiment=polarity_fashion_mnist", "hydra.mode=RUN", "polarity.source.checkpoint=requirements.txt"),
+     "error: polarity.source.checkpoint=requirements.txt: not a readable torch checkpoint"),
+    (("ckpt_path=last",), "error: ckpt_path=last: no checkpoint at"),
+])
+def test_bad_input_gives_one_clear_message_and_no_metrics(run_cli, tmp_path: Path, args, message: str) -> None:
+    result = run_cli(*args, "logger=none", *FAST)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
