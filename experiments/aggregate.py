@@ -1,7 +1,7 @@
 """Aggregate a Hydra multirun into median/IQR tables, rank-test comparisons and plots.
 
 Usage: ``python -m experiments.aggregate <multirun_dir> [--metric NAME ...] [--x OVERRIDE_KEY]
-[--compare A:B ...] [--out DIR]``. Seeds are pooled (median and IQR over runs) because one seed says
+[--compare A:B ...] [--out DIR] [--wandb]``. Seeds are pooled (median and IQR over runs) because one seed says
 little; every other override, plus the record's ``condition``, separates groups.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from experiments.stats import holm, mann_whitney, median_iqr
 
 OVERRIDES_KEY = "_overrides"  # names of a record's group columns (its job's overrides minus seed)
 _NOT_METRICS = {"condition", "seed", OVERRIDES_KEY}
-SUMMARY_FIELDS = ["condition", "metric", "n", "runs", "median", "q25", "q75"]
+SUMMARY_FIELDS = ["condition", "metric", "n", "runs", "median", "q25", "q75", "mean"]
 COMPARE_FIELDS = ["metric", "a", "b", "n_a", "n_b", "median_a", "median_b", "diff_median", "p", "p_holm"]
 
 
@@ -124,9 +124,22 @@ def collect_records(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
 # ---------------------------------------------------------------- summarising
 
 
+def _override_values(records: Iterable[dict[str, Any]]) -> dict[str, set]:
+    """Each override key and the set of values it takes over the records (missing as None)."""
+    records = list(records)
+    keys = dict.fromkeys(c for rec in records for c in rec.get(OVERRIDES_KEY, ()))
+    return {k: {repr(rec.get(k)) for rec in records} for k in keys}
+
+
 def group_columns(records: Iterable[dict[str, Any]]) -> list[str]:
-    """Override columns over all records, in first-seen order."""
-    return list(dict.fromkeys(c for rec in records for c in rec.get(OVERRIDES_KEY, ())))
+    """Override columns that vary over the records, in first-seen order (constant ones are notes)."""
+    return [k for k, values in _override_values(records).items() if len(values) > 1]
+
+
+def fixed_overrides(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Overrides shared by every record (e.g. the experiment name): said once, not as a column."""
+    records = list(records)
+    return {k: records[0].get(k) for k, values in _override_values(records).items() if len(values) == 1}
 
 
 def metric_names(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -192,14 +205,17 @@ def summarize(records: list[dict[str, Any]], metrics: Sequence[str] | None = Non
                 values = _values(recs, metric)
                 median, q25, q75 = median_iqr(values)
                 n = sum(not math.isnan(v) for v in values)
+                finite = [v for v in values if not math.isnan(v)]
+                mean = sum(finite) / len(finite) if finite else math.nan
                 rows.append({**dict(zip(cols, key)), "condition": condition, "metric": metric, "n": n,
-                             "runs": len(recs), "median": median, "q25": q25, "q75": q75})
+                             "runs": len(recs), "median": median, "q25": q25, "q75": q75, "mean": mean})
     return rows
 
 
 def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, str]],
             metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Mann–Whitney A vs B per override group and metric, Holm-adjusted over the whole table."""
+    """Mann–Whitney A vs B per override group and metric, Holm-adjusted within each override group
+    (the family is one cell of the sweep: its pairs x metrics, as in the paper's per-panel tests)."""
     chosen = _check_metrics(records, metrics)
     known = set(_by_condition(records))
     for a, b in pairs:
@@ -209,6 +225,7 @@ def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, str]],
     cols = group_columns(records)
     rows = []
     for key, group in _groups(records, cols).items():
+        group_rows: list[dict[str, Any]] = []
         by_cond = _by_condition(group)
         for a, b in pairs:
             if a not in by_cond or b not in by_cond:
@@ -218,12 +235,13 @@ def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, str]],
                     continue
                 va, vb = _values(by_cond[a], metric), _values(by_cond[b], metric)
                 med_a, med_b = median_iqr(va)[0], median_iqr(vb)[0]
-                rows.append({**dict(zip(cols, key)), "metric": metric, "a": a, "b": b,
+                group_rows.append({**dict(zip(cols, key)), "metric": metric, "a": a, "b": b,
                              "n_a": sum(not math.isnan(v) for v in va), "n_b": sum(not math.isnan(v) for v in vb),
                              "median_a": med_a, "median_b": med_b, "diff_median": med_a - med_b,
                              "p": mann_whitney(va, vb)})
-    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
-        row["p_holm"] = adjusted
+        for row, adjusted in zip(group_rows, holm([r["p"] for r in group_rows])):
+            row["p_holm"] = adjusted
+        rows += group_rows
     return rows
 
 
@@ -258,16 +276,16 @@ def render_markdown(summary: list[dict[str, Any]], comparisons: list[dict[str, A
     parts = [f"# {title}", *notes]
     for metric in dict.fromkeys(r["metric"] for r in summary):
         body = [[_fmt(r[c]) for c in cols] + [r["condition"], str(r["n"]), _fmt(r["median"]),
-                                              f"[{_fmt(r['q25'])}, {_fmt(r['q75'])}]"]
+                                              f"[{_fmt(r['q25'])}, {_fmt(r['q75'])}]", _fmt(r["mean"])]
                 for r in summary if r["metric"] == metric]
-        parts += [f"## {metric}", _md_table([*cols, "condition", "n", "median", "IQR"], body)]
+        parts += [f"## {metric}", _md_table([*cols, "condition", "n", "median", "IQR", "mean"], body)]
     if comparisons:
         ccols = _row_columns(comparisons, COMPARE_FIELDS)
         body = [[_fmt(r[c]) for c in ccols] + [r["metric"], r["a"], r["b"], str(r["n_a"]), str(r["n_b"]),
                                                _fmt(r["diff_median"]), _fmt(r["p"]), _fmt(r["p_holm"])]
                 for r in comparisons]
         header = [*ccols, "metric", "A", "B", "n A", "n B", "median A − B", "p", "p (Holm)"]
-        parts += ["## Comparisons (Mann–Whitney U, two-sided, Holm-adjusted)", _md_table(header, body)]
+        parts += ["## Comparisons (Mann–Whitney U, two-sided, Holm-adjusted within each row group)", _md_table(header, body)]
     if not summary:
         parts.append("No numeric metrics found.")
     return "\n\n".join(parts) + "\n"
@@ -287,24 +305,30 @@ def _label(row: dict[str, Any], cols: Sequence[str]) -> str:
     return ", ".join([row["condition"], *(f"{c}={_fmt(row[c])}" for c in cols)])
 
 
-def _plot_lines(ax: Any, rows: list[dict[str, Any]], x: str, cols: list[str]) -> None:
-    """Median vs x per (condition, other overrides), with a shaded IQR band."""
+def _panels(rows: list[dict[str, Any]], x: str, cols: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Rows split into one panel per combination of the overrides other than x (e.g. one per width)."""
     others = [c for c in cols if c != x]
-    series: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: tuple(_sort_value(r.get(c)) for c in others)):
         if row.get(x) is not None:
-            series.setdefault(_label(row, others), []).append(row)
+            panels.setdefault(", ".join(f"{c}={_fmt(row[c])}" for c in others), []).append(row)
+    return panels
+
+
+def _plot_lines(ax: Any, rows: list[dict[str, Any]], x: str, colours: dict[str, str]) -> None:
+    """Median vs x per condition, with a shaded IQR band; a condition keeps its colour across panels."""
     xs_all = []
-    for label, pts in series.items():
-        pts.sort(key=lambda r: r[x])
+    for condition, colour in colours.items():
+        pts = sorted((r for r in rows if r["condition"] == condition and not math.isnan(r["median"])), key=lambda r: r[x])
+        if not pts:
+            continue
         xs = [float(r[x]) for r in pts]
         xs_all += xs
-        line, = ax.plot(xs, [r["median"] for r in pts], marker="o", label=label)
-        ax.fill_between(xs, [r["q25"] for r in pts], [r["q75"] for r in pts], color=line.get_color(), alpha=0.2)
+        ax.plot(xs, [r["median"] for r in pts], marker="o", color=colour, label=condition)
+        ax.fill_between(xs, [r["q25"] for r in pts], [r["q75"] for r in pts], color=colour, alpha=0.15)
     if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 20:
         ax.set_xscale("log")
     ax.set_xlabel(x)
-    ax.legend(fontsize="small")
 
 
 def _plot_bars(ax: Any, rows: list[dict[str, Any]], cols: list[str]) -> None:
@@ -332,15 +356,34 @@ def write_plots(out_dir: Path, summary: list[dict[str, Any]], x: str | None = No
     paths = []
     for metric in dict.fromkeys(r["metric"] for r in summary):
         rows = [r for r in summary if r["metric"] == metric]
-        fig = Figure(figsize=(6.4, 4.8) if x else (max(4.0, min(30.0, 1.0 + 0.6 * len(rows))), 4.8))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
         if x:
-            _plot_lines(ax, rows, x, cols)
+            panels = _panels(rows, x, cols)
+            columns = min(3, len(panels))
+            grid_rows = -(-len(panels) // columns)
+            fig = Figure(figsize=(4.2 * columns, 3.4 * grid_rows), layout="constrained")
+            FigureCanvasAgg(fig)
+            cycle = [f"C{i}" for i in range(10)]
+            colours = {c: cycle[i % 10] for i, c in enumerate(dict.fromkeys(r["condition"] for r in rows))}
+            axes = fig.subplots(grid_rows, columns, squeeze=False, sharey=True)
+            for ax, (title, panel_rows) in zip(axes.flat, panels.items()):
+                _plot_lines(ax, panel_rows, x, colours)
+                ax.set_title(title or metric, fontsize="medium")
+            for ax in axes.flat[len(panels):]:
+                ax.set_visible(False)
+            for ax in axes[:, 0]:
+                ax.set_ylabel(metric)
+            from matplotlib.lines import Line2D
+
+            handles = [Line2D([], [], color=colour, marker="o", label=c) for c, colour in colours.items()]
+            axes.flat[0].legend(handles=handles, fontsize="small")
+            fig.suptitle(f"{metric}: median and IQR over seeds")
         else:
+            fig = Figure(figsize=(max(4.0, min(30.0, 1.0 + 0.6 * len(rows))), 4.8))
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
             _plot_bars(ax, rows, cols)
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric}: median, IQR")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{metric}: median, IQR")
         path = out_dir / f"plot_{_file_stem(metric)}.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")
         paths.append(path)
@@ -383,6 +426,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--x", help="numeric override key to plot metrics against, e.g. dataset.n_train")
     parser.add_argument("--compare", action="append", default=[], metavar="A:B", help="conditions to rank-test")
     parser.add_argument("--out", type=Path, help="output dir (default: <multirun_dir>/aggregate)")
+    parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B (offline unless WANDB_MODE=online)")
     return parser
 
 
@@ -398,15 +442,38 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(records, args.metric)
         pairs = [_parse_pair(p) for p in args.compare]
         comparisons = compare(records, pairs, args.metric) if pairs else []
+        fixed = ", ".join(f"{k}={v}" for k, v in fixed_overrides(records).items())
         notes = [f"{len(records)} records from {args.multirun_dir}"
-                 + (f"; {incomplete} incomplete jobs skipped" if incomplete else "")]
+                 + (f"; {incomplete} incomplete jobs skipped" if incomplete else "")
+                 + (f"; every job ran with {fixed}" if fixed else "")]
         markdown = write_outputs(args.out or args.multirun_dir / "aggregate", summary, comparisons, x=args.x,
                                  title=f"Aggregate of {args.multirun_dir}", notes=notes)
+        if args.wandb:
+            log_to_wandb(args.out or args.multirun_dir / "aggregate", summary, args.multirun_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown, end="")
     return 0
+
+
+def log_to_wandb(out_dir: Path, summary: list[dict[str, Any]], sweep_dir: Path) -> None:
+    """The summary as a W&B table and the plots as images, in one run grouped with the sweep's jobs
+    (offline unless WANDB_MODE=online, like the jobs themselves)."""
+    import wandb
+
+    from experiments.resolvers import wandb_offline
+
+    sweep_dir = Path(sweep_dir).resolve()
+    run = wandb.init(project="fivefold", group=f"{sweep_dir.parent.parent.name}-{sweep_dir.name}", job_type="aggregate",
+                     name=f"aggregate {sweep_dir.name}", dir=str(out_dir), mode="offline" if wandb_offline() else "online")
+    try:
+        columns = _row_columns(summary, SUMMARY_FIELDS) + SUMMARY_FIELDS
+        table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in summary])
+        images = {f"aggregate/{p.stem}": wandb.Image(str(p)) for p in sorted(Path(out_dir).glob("*.png"))}
+        run.log({"aggregate/summary": table, **images})
+    finally:
+        run.finish()
 
 
 if __name__ == "__main__":

@@ -128,13 +128,20 @@ def test_record_seed_wins_over_override(tmp_path: Path) -> None:
     assert [(r["condition"], r["seed"]) for r in records] == [("a", 3), ("all", 7)]
 
 
-def test_compare_separated_conditions_holm_adjusted(condition_sweep: Path) -> None:
-    rows = compare(collect_records(condition_sweep)[0], [("freeze_informed", "baseline")], ["val_error"])
-    assert len(rows) == 3
+def test_compare_separated_conditions_holm_adjusted_within_each_group(condition_sweep: Path) -> None:
+    records = collect_records(condition_sweep)[0]
+    rows = compare(records, [("freeze_informed", "baseline")], ["val_error"])
+    assert len(rows) == 3  # one per group of the sweep
     for row in rows:
         assert row["p"] < 0.01
-        assert row["p_holm"] == pytest.approx(min(1.0, 3 * row["p"]))
+        assert row["p_holm"] == pytest.approx(row["p"])  # a family of one test per group
         assert row["diff_median"] == pytest.approx(-0.4)
+    two_metrics = compare(records, [("freeze_informed", "baseline")], ["val_error", "epochs_to_cutoff"])
+    first_group = [r for r in two_metrics if r["dataset.n_train"] == 10]
+    assert len(first_group) == 2  # Holm over this group's two tests, not the table's six
+    smaller, larger = sorted(first_group, key=lambda r: r["p"])
+    assert smaller["p_holm"] == pytest.approx(min(1.0, 2 * smaller["p"]))
+    assert larger["p_holm"] == pytest.approx(max(smaller["p_holm"], larger["p"]))
 
 
 # ---------------------------------------------------------------- CLI
