@@ -2,7 +2,8 @@
 
 Layout of a run dir (Hydra's output dir)::
 
-    .hydra/config.yaml     resolved-at-compose config (written by Hydra)
+    .hydra/config.yaml     the composed config, interpolations kept (written by Hydra)
+    config_resolved.yaml   the same with every interpolation resolved
     run.log                the job's log
     checkpoints/<fit>/     Lightning checkpoints, one folder per fit (last.ckpt = resume point)
     plots/*.png            figures (also logged to W&B / TensorBoard)
@@ -40,6 +41,13 @@ def is_global_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config with every interpolation resolved (Hydra's own node left out)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return container
+
+
 class RunContext:
     """Owns the loggers, checkpoint folders and figure output of one run dir."""
 
@@ -55,7 +63,7 @@ class RunContext:
         if self._loggers is None:
             nodes = self.cfg.get("logger") or {}
             self._loggers = [instantiate(node) for node in nodes.values() if node is not None]
-            resolved = OmegaConf.to_container(self.cfg, resolve=True)
+            resolved = resolved_config(self.cfg)
             for logger in self._loggers:
                 logger.log_hyperparams(resolved)
         return self._loggers
@@ -115,6 +123,11 @@ class RunContext:
         return str(path)
 
     # -- result files --------------------------------------------------------------------------
+    def write_resolved_config(self) -> None:
+        """config_resolved.yaml beside Hydra's .hydra/config.yaml (which keeps interpolations)."""
+        text = OmegaConf.to_yaml(OmegaConf.create(resolved_config(self.cfg)))
+        atomic_write_text(self.output_dir / "config_resolved.yaml", text)
+
     def write_records(self, records: list[dict[str, Any]]) -> None:
         lines = "".join(json.dumps(record, allow_nan=True) + "\n" for record in records)
         atomic_write_text(self.output_dir / "records.jsonl", lines)

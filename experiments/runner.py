@@ -99,6 +99,8 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
 
         seed_everything(cfg.seed, workers=True, verbose=False)
         ctx = RunContext(cfg, output_dir)
+        if is_global_zero():
+            ctx.write_resolved_config()
         try:
             result = runner(cfg, ctx)
             if is_global_zero():

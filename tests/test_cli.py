@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from experiments.aggregate import main as aggregate_main
-from tests.wandb_records import summary_and_config
+from tests.wandb_records import summary_config_group
 
 FAST = ("debug=fast",)
 
@@ -22,7 +22,7 @@ def test_default_run_writes_the_run_dir_and_prints_a_table(run_cli, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert "| freeze_informed |" in result.stdout
     run = tmp_path / "run"
-    for name in (".hydra/config.yaml", "metrics.json", "results.md", "records.jsonl", "plots/learning_curves.png",
+    for name in (".hydra/config.yaml", "config_resolved.yaml", "metrics.json", "results.md", "records.jsonl", "plots/learning_curves.png",
                  "checkpoints/population/last.ckpt", "run.log"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
@@ -79,17 +79,22 @@ def test_ddp_with_two_cpu_processes(run_cli, tmp_path: Path) -> None:
     assert 0 <= metrics["freeze_informed/val_error_median"] <= 1  # curves came back from the spawned ranks
 
 
-def test_wandb_offline_run_holds_the_metrics_and_config(run_cli, tmp_path: Path) -> None:
-    result = run_cli("task.num_seeds=2", "trainer.max_epochs=3", "logger=wandb", "trainer.enable_progress_bar=false")
+def test_wandb_offline_runs_hold_their_own_metrics_grouped_per_sweep(run_cli, tmp_path: Path) -> None:
+    result = run_cli("-m", "seed=0,1", "task.num_seeds=2", "trainer.max_epochs=3", "logger=wandb",
+                     "trainer.enable_progress_bar=false")
     assert result.returncode == 0, result.stderr
-    run_files = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(run_files) == 1
-    summary, config = summary_and_config(run_files[0])
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert summary["freeze_informed/val_error_median"] == pytest.approx(metrics["freeze_informed/val_error_median"])
-    assert "val/acc" in summary  # per-epoch history went through Lightning's logger
-    assert config["task"]["name"] == "polarity" and config["seed"] == 0
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images/plots/*.png"))
+    groups = set()
+    for job in completed_jobs(tmp_path / "multirun"):
+        run_files = list((job / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(run_files) == 1, "one W&B run per job (wandb.finish between jobs)"
+        summary, config, group = summary_config_group(run_files[0])
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert summary["freeze_informed/val_error_median"] == pytest.approx(metrics["freeze_informed/val_error_median"])
+        assert "val/acc" in summary  # per-epoch history went through Lightning's logger
+        assert config["task"]["name"] == "polarity" and config["seed"] == int(job.name)
+        assert list((job / "wandb").glob("offline-run-*/files/media/images/plots/*.png"))
+        groups.add(group)
+    assert len(groups) == 1 and groups != {""}
 
 
 @pytest.mark.parametrize(("args", "message"), [

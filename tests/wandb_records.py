@@ -35,18 +35,20 @@ def _chunks(raw: bytes) -> Iterator[bytes]:
             yield pending + data
 
 
-def summary_and_config(run_file: Path) -> tuple[dict, dict]:
-    """The run's final summary {key: value} and its config {key: value}."""
-    summary, config = {}, {}
+def summary_config_group(run_file: Path) -> tuple[dict, dict, str]:
+    """The run's final summary {key: value}, its config {key: value} and its W&B group."""
+    summary, config, group = {}, {}, ""
     for data in _chunks(run_file.read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)
         kind = record.WhichOneof("record_type")
-        if kind == "summary":
+        if kind == "run":
+            group = record.run.run_group
+        elif kind == "summary":
             for item in record.summary.update:
                 key = item.key or "/".join(item.nested_key)
                 summary[key] = json.loads(item.value_json)
         elif kind == "config":
             for item in record.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return summary, config
+    return summary, config, group

@@ -82,3 +82,18 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(make_config, tm
     assert read_metrics(interrupted) != read_metrics(tmp_path / "straight")
     run_task(make_config(*common, "trainer.max_epochs=8", "ckpt_path=last", output_dir=interrupted), interrupted)
     assert read_metrics(interrupted) == read_metrics(tmp_path / "straight")
+
+
+def test_tensorboard_logger_receives_curves_final_metrics_and_the_figure(make_config, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config("logger=tensorboard", "task.num_seeds=2", "trainer.max_epochs=3", "trainer.enable_progress_bar=false")
+    run_task(cfg, tmp_path / "run")
+    events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for event_file in events:
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"]) | set(accumulator.Tags()["images"])
+    assert {"val/acc", "freeze_informed/val_error_median", "plots/learning_curves"} <= tags
