@@ -155,7 +155,7 @@ def test_cli_writes_markdown_csv_and_line_plot(condition_sweep: Path, capsys: py
     markdown = (out / "summary.md").read_text()
     assert "freeze_informed" in markdown and "baseline" in markdown
     assert "## val_error" in markdown and "## Comparisons" in markdown
-    assert "| dataset.n_train | condition | n | median | IQR |" in markdown
+    assert "| dataset.n_train | freeze_informed | baseline |" in markdown  # conditions as columns
     assert markdown in capsys.readouterr().out
     assert (out / "plot_val_error.png").stat().st_size > 0
     assert (out / "plot_epochs_to_cutoff.png").exists()
@@ -171,7 +171,7 @@ def test_cli_bar_plot_default_out_and_incomplete_note(lr_sweep: Path, capsys: py
     assert not (out / "comparisons.csv").exists()
     stdout = capsys.readouterr().out
     assert "1 incomplete jobs skipped" in stdout
-    assert "| 0.01 | all | 3 | 0.6 | [0.55, 0.65] |" in stdout
+    assert "| 0.01 | 0.6 [0.55, 0.65] |" in stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -194,3 +194,11 @@ def test_cli_errors_return_2_with_message(lr_sweep: Path, tmp_path: Path, capsys
 def test_api_raises_user_error_for_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="multirun dir .* does not exist"):
         collect_records(tmp_path / "nowhere")
+
+
+def test_where_keeps_only_matching_jobs_and_rejects_unknown_keys(condition_sweep: Path, capsys) -> None:
+    assert main([str(condition_sweep), "--where", "dataset.n_train=60", "--metric", "val_error"]) == 0
+    stdout = capsys.readouterr().out
+    assert "every job ran with dataset.n_train=60" in stdout
+    assert main([str(condition_sweep), "--where", "model.lr=1"]) == 2
+    assert "not an override of this sweep" in capsys.readouterr().err
