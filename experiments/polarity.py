@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -82,7 +82,7 @@ def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_sta
     if source_state is not None and not constrain_new_layers:
         new_layers = set(constrained_parameters(network)) - set(transferred_names(network, source_state))
 
-    def per_run(select: callable) -> dict[str, Tensor]:
+    def per_run(select: Callable[[Condition, Tensor], Tensor]) -> dict[str, Tensor]:
         stacked = {}
         for name in constrained_parameters(network):
             rows = [select(c, by_kind[c.template][name][r] if population else by_kind[c.template][name])

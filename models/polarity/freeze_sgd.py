@@ -18,6 +18,7 @@ from experiments.errors import UserError
 from models.polarity.sign_templates import Templates
 
 ResetRule = Callable[[Tensor, Tensor, float, torch.Generator | None], Tensor]
+"""(violated weights, their template signs, eps, generator) -> replacement values (all 1-D)."""
 
 
 def _pos_rand(weight: Tensor, sign: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
@@ -65,19 +66,24 @@ class SignConstraint(nn.Module):
 
     @torch.no_grad()
     def project_(self, network: nn.Module) -> int:
-        """Reset every weight that crossed its template's sign; returns how many were reset."""
+        """Reset every weight that crossed its template's sign; returns how many were reset.
+
+        Only the violated entries are gathered, replaced and scattered back (violations are few per
+        step), which keeps the projection's cost to one multiply-compare pass over the weights.
+        """
         params = dict(network.named_parameters())
         rule = RESET_RULES[self.reset]
         violations = 0
         for i, name in enumerate(self.names):
             weight, sign = params[name], getattr(self, f"template_{i}")
-            violated = torch.mul(weight, sign) < 0
-            count = int(violated.sum())
-            if count == 0:
+            flat_weight, flat_sign = weight.view(-1), sign.view(-1)
+            index = torch.mul(flat_weight, flat_sign).lt_(0).nonzero().squeeze(1)
+            if index.numel() == 0:
                 continue
-            violations += count
+            violations += index.numel()
             generator = self._rng(weight.device) if self.reset == "posRand" else None
-            weight.copy_(torch.where(violated, rule(weight, sign, self.eps, generator), weight))
+            replacement = rule(flat_weight.index_select(0, index), flat_sign.index_select(0, index), self.eps, generator)
+            flat_weight.index_copy_(0, index, replacement)
         self.last_violations = violations
         return violations
 

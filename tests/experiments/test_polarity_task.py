@@ -3,6 +3,7 @@ transfer on real images, and resume-from-checkpoint reproducibility."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -74,14 +75,27 @@ def test_a_saved_source_network_can_be_reused(make_config, tmp_path: Path) -> No
     assert "source/val_error" not in read_metrics(tmp_path / "second")  # loaded, not retrained
 
 
-def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(make_config, tmp_path: Path) -> None:
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(make_config, tmp_path: Path, caplog) -> None:
     common = ["task.num_seeds=3", "logger=none", "trainer.enable_progress_bar=false", "dataset.n_train=40"]
     run_task(make_config(*common, "trainer.max_epochs=8", output_dir=tmp_path / "straight"), tmp_path / "straight")
     interrupted = tmp_path / "interrupted"
     run_task(make_config(*common, "trainer.max_epochs=4", output_dir=interrupted), interrupted)
     assert read_metrics(interrupted) != read_metrics(tmp_path / "straight")
-    run_task(make_config(*common, "trainer.max_epochs=8", "ckpt_path=last", output_dir=interrupted), interrupted)
+    with caplog.at_level(logging.INFO, logger="experiments.polarity"):
+        run_task(make_config(*common, "trainer.max_epochs=8", "ckpt_path=last", output_dir=interrupted), interrupted)
+    assert "population: resuming from" in caplog.text and "epoch" in caplog.text
     assert read_metrics(interrupted) == read_metrics(tmp_path / "straight")
+
+
+def test_a_rerun_in_the_same_dir_resumes_by_itself_as_on_requeue(make_config, tmp_path: Path, caplog) -> None:
+    common = ["task.num_seeds=2", "logger=none", "trainer.enable_progress_bar=false", "dataset.n_train=40"]
+    run_task(make_config(*common, "trainer.max_epochs=6", output_dir=tmp_path / "straight"), tmp_path / "straight")
+    requeued = tmp_path / "requeued"
+    run_task(make_config(*common, "trainer.max_epochs=3", output_dir=requeued), requeued)  # "preempted" after 3
+    with caplog.at_level(logging.INFO, logger="experiments.polarity"):
+        run_task(make_config(*common, "trainer.max_epochs=6", output_dir=requeued), requeued)  # default ckpt_path
+    assert "population: resuming from" in caplog.text
+    assert read_metrics(requeued) == read_metrics(tmp_path / "straight")
 
 
 def test_tensorboard_logger_receives_curves_final_metrics_and_the_figure(make_config, tmp_path: Path) -> None:
