@@ -223,6 +223,8 @@ def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, str]],
                 if not any(metric in rec for rec in by_cond[a] + by_cond[b]):
                     continue
                 va, vb = _values(by_cond[a], metric), _values(by_cond[b], metric)
+                if all(math.isnan(v) for v in va + vb):
+                    continue  # nothing to compare (e.g. no run reached the cutoff)
                 med_a, med_b = median_iqr(va)[0], median_iqr(vb)[0]
                 group_rows.append({**dict(zip(cols, key)), "metric": metric, "a": a, "b": b,
                              "n_a": sum(not math.isnan(v) for v in va), "n_b": sum(not math.isnan(v) for v in vb),

@@ -34,7 +34,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return "–" if math.isnan(value) else f"{value:.4g}"
     return str(value)
 
 

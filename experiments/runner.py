@@ -67,7 +67,8 @@ def prepare_output_dir(output_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"output dir {output_dir} is not writable ({exc.strerror}); set hydra.run.dir / paths.log_dir to a writable folder") from None
-    (output_dir / "metrics.json").unlink(missing_ok=True)
+    if is_global_zero():
+        (output_dir / "metrics.json").unlink(missing_ok=True)
 
 
 def write_results(ctx: RunContext, result: TaskResult) -> None:

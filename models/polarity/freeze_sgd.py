@@ -71,7 +71,7 @@ class SignConstraint(nn.Module):
         Only the violated entries are gathered, replaced and scattered back (violations are few per
         step), which keeps the projection's cost to one multiply-compare pass over the weights.
         """
-        params = dict(network.named_parameters())
+        params = self._parameters_of(network)
         rule = RESET_RULES[self.reset]
         violations = 0
         for i, name in enumerate(self.names):
@@ -87,9 +87,26 @@ class SignConstraint(nn.Module):
         self.last_violations = violations
         return violations
 
+    def _parameters_of(self, network: nn.Module) -> dict[str, Tensor]:
+        """The constrained parameters, looked up once per network (the projection runs every step)."""
+        cached = self.__dict__.get("_cached_params")
+        if cached is None or cached[0] is not network:
+            named = dict(network.named_parameters())
+            cached = (network, {name: named[name] for name in self.names})
+            self.__dict__["_cached_params"] = cached
+        return cached[1]
+
     def attach(self, optimizer: torch.optim.Optimizer, network: nn.Module) -> None:
         """Project after every `optimizer.step()`, whatever the optimiser."""
         optimizer.register_step_post_hook(lambda *_: self.project_(network))
+
+    def __getstate__(self) -> dict:
+        """Pickling (DDP spawn): keep the generator as its state, drop the parameter cache."""
+        state = self.__dict__.copy()
+        state.pop("_cached_params", None)
+        state["_generator_state"] = self.get_extra_state()["generator_state"]
+        state["_generator"] = None
+        return state
 
     def get_extra_state(self) -> dict:
         state = self._generator.get_state() if self._generator is not None else self._generator_state

@@ -112,3 +112,19 @@ def test_random_template_after_alignment_changes_nothing() -> None:
     align_to_template(net, random_template(net))
     for name, param in net.named_parameters():
         torch.testing.assert_close(param, before[name])
+
+
+def test_a_pickled_constraint_continues_the_same_random_stream() -> None:
+    import pickle
+
+    template = {"weight": torch.ones(1, 40)}
+    constraint, layer = SignConstraint(template, seed=5), nn.Linear(40, 1)
+    layer.weight.data.fill_(-1.0)
+    constraint.project_(layer)  # creates the generator and the parameter cache
+    copy = pickle.loads(pickle.dumps(constraint))
+    for c in (constraint, copy):
+        layer.weight.data.fill_(-1.0)
+        c.project_(layer)
+        if c is constraint:
+            expected = layer.weight.detach().clone()
+    torch.testing.assert_close(layer.weight.data, expected)
