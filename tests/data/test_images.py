@@ -231,9 +231,9 @@ def test_setup_twice_reuses_arrays(mnist_root: Path) -> None:
 
 
 def test_bad_pool_and_too_many_train_images_are_user_errors(mnist_root: Path) -> None:
-    with pytest.raises(UserError, match="data.pool"):
+    with pytest.raises(UserError, match="dataset.pool"):
         make_dm(mnist_root, pool=(0.5, 0.5))
-    with pytest.raises(UserError, match="data.n_train"):
+    with pytest.raises(UserError, match="dataset.n_train"):
         make_dm(mnist_root, n_train=101, pool=(0.0, 0.5))
 
 
