@@ -8,53 +8,51 @@ from typing import Any
 import numpy as np
 
 from experiments.errors import UserError
-from experiments.stats import holm, mann_whitney, median_iqr
+from experiments.aggregate import compare, summarize
 
+SUMMARIZED_METRICS = ("val_error", "epochs_to_cutoff", "best_epoch")
 COMPARED_METRICS = ("val_error", "epochs_to_cutoff")
 
 
-def _fmt(value: float, digits: int = 3) -> str:
+def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
 
 
 def summarize_conditions(records: Sequence[dict[str, Any]], conditions: Sequence[str], pairs: Sequence[tuple[str, str]],
                          cutoff: float) -> tuple[dict[str, float], str]:
-    """Flat metrics `<condition>/<metric>` and `<A>_vs_<B>/<metric>_mwu_p`, and a Markdown table."""
+    """Flat metrics `<condition>/<metric>_{median,q25,q75}` and `<A>_vs_<B>/<metric>_mwu_p[_holm]`, and a
+    Markdown table. The statistics are the multirun aggregator's, applied to this job's records."""
     for a, b in pairs:
         for name in (a, b):
             if name not in conditions:
                 raise UserError(f"polarity.compare names '{name}', which is not a condition (have: {', '.join(conditions)})")
+    records = list(records)
     metrics: dict[str, float] = {}
+    for row in summarize(records, [m for m in SUMMARIZED_METRICS if any(m in r for r in records)]):
+        for stat in ("median", "q25", "q75"):
+            metrics[f"{row['condition']}/{row['metric']}_{stat}"] = row[stat]
     rows = ["| condition | runs | val error median [IQR] | epochs to cutoff median [IQR] | reached cutoff | best val acc min / max |",
             "|---|---|---|---|---|---|"]
     for name in conditions:
         runs = [r for r in records if r["condition"] == name]
-        column = {key: np.array([r[key] for r in runs], dtype=float) for key in runs[0] if key not in ("condition", "seed")}
-        for key in ("val_error", "epochs_to_cutoff", "best_epoch"):
-            median, q25, q75 = median_iqr(column[key])
-            metrics.update({f"{name}/{key}_median": median, f"{name}/{key}_q25": q25, f"{name}/{key}_q75": q75})
-        metrics[f"{name}/reached_cutoff_fraction"] = float(np.mean(column["reached_cutoff"]))
-        metrics[f"{name}/best_val_acc_min"] = float(np.nanmin(column["best_val_acc"]))
-        metrics[f"{name}/best_val_acc_max"] = float(np.nanmax(column["best_val_acc"]))
+        best_acc = np.array([r["best_val_acc"] for r in runs], dtype=float)
+        metrics[f"{name}/reached_cutoff_fraction"] = float(np.mean([r["reached_cutoff"] for r in runs]))
+        metrics[f"{name}/best_val_acc_min"] = float(np.nanmin(best_acc))
+        metrics[f"{name}/best_val_acc_max"] = float(np.nanmax(best_acc))
         metrics[f"{name}/runs"] = float(len(runs))
-        m = lambda k: f"{_fmt(metrics[f'{name}/{k}_median'])} [{_fmt(metrics[f'{name}/{k}_q25'])}, {_fmt(metrics[f'{name}/{k}_q75'])}]"
-        rows.append(f"| {name} | {len(runs)} | {m('val_error')} | {m('epochs_to_cutoff')} | "
+        cell = lambda k: (f"{_fmt(metrics.get(f'{name}/{k}_median'))} [{_fmt(metrics.get(f'{name}/{k}_q25'))}, "
+                          f"{_fmt(metrics.get(f'{name}/{k}_q75'))}]")
+        rows.append(f"| {name} | {len(runs)} | {cell('val_error')} | {cell('epochs_to_cutoff')} | "
                     f"{metrics[f'{name}/reached_cutoff_fraction']:.0%} | "
                     f"{_fmt(metrics[f'{name}/best_val_acc_min'])} / {_fmt(metrics[f'{name}/best_val_acc_max'])} |")
     table = "\n".join(rows)
     if pairs:
-        tests = []
-        for a, b in pairs:
-            for key in COMPARED_METRICS:
-                values = lambda c: [r[key] for r in records if r["condition"] == c]
-                tests.append((a, b, key, mann_whitney(values(a), values(b))))
-        adjusted = holm([p for *_, p in tests])
         comparison_rows = ["| A | B | metric | median A − B | Mann-Whitney p | Holm p |", "|---|---|---|---|---|---|"]
-        for (a, b, key, p), p_holm in zip(tests, adjusted):
-            difference = metrics[f"{a}/{key}_median"] - metrics[f"{b}/{key}_median"]
-            metrics[f"{a}_vs_{b}/{key}_mwu_p"] = p
-            metrics[f"{a}_vs_{b}/{key}_mwu_p_holm"] = p_holm
-            comparison_rows.append(f"| {a} | {b} | {key} | {_fmt(difference)} | {_fmt(p)} | {_fmt(p_holm)} |")
+        for row in compare(records, list(pairs), list(COMPARED_METRICS)):
+            key = f"{row['a']}_vs_{row['b']}/{row['metric']}"
+            metrics[f"{key}_mwu_p"], metrics[f"{key}_mwu_p_holm"] = row["p"], row["p_holm"]
+            comparison_rows.append(f"| {row['a']} | {row['b']} | {row['metric']} | {_fmt(row['diff_median'])} | "
+                                   f"{_fmt(row['p'])} | {_fmt(row['p_holm'])} |")
         table += "\n\n" + "\n".join(comparison_rows)
     return metrics, table
 
