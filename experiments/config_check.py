@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from experiments.errors import UserError
 
@@ -49,6 +50,8 @@ def _matches(value: Any, hint: Any) -> bool | object:
         return isinstance(value, (list, tuple, ListConfig)) or _UNKNOWN
     if origin is dict or hint is dict:
         return isinstance(value, (dict, DictConfig)) or _UNKNOWN
+    if isinstance(hint, type) and hint.__module__.split(".")[0] == "torch":
+        return False  # a YAML value is never a torch object (e.g. the Tensor in Adam's `lr: float | Tensor`)
     return _UNKNOWN
 
 
@@ -80,16 +83,20 @@ def check_target_node(node: DictConfig, key: str) -> None:
                 continue
             valid = ", ".join(p for p in params if p != "self")
             raise UserError(f"{full_key}: '{name}' is not a parameter of {target_path} (valid: {valid})")
-        value_node = node._get_node(name)
-        if OmegaConf.is_missing(node, name) or (hasattr(value_node, "_is_interpolation") and value_node._is_interpolation()):
+        if OmegaConf.is_missing(node, name):
             continue
-        value = node[name]
+        value_node = node._get_node(name)
+        source = f" (set by {value_node._value()})" if value_node._is_interpolation() else ""
+        try:
+            value = node[name]
+        except OmegaConfBaseException:
+            continue  # resolvable only inside a running job (e.g. ${hydra:...}); checked there
         if isinstance(value, DictConfig) and "_target_" in value:
             continue  # a nested object; checked on its own
         hint = hints.get(name, params[name].annotation)
         if _matches(value, hint) is False:
             raise UserError(
-                f"{full_key}={value!r} has type {type(value).__name__}, but {target_path} expects {_describe(hint)}; fix the value"
+                f"{full_key}={value!r}{source} has type {type(value).__name__}, but {target_path} expects {_describe(hint)}; fix the value"
             )
 
 

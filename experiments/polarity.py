@@ -135,11 +135,16 @@ def load_source_state(path: str) -> dict[str, Tensor]:
 
 
 def train_source(cfg: DictConfig, ctx: RunContext) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Train the source network on the source slice of the data set (paper: the ImageNet AlexNet)."""
+    """Train the source network (the paper's ImageNet AlexNet) on `polarity.source.dataset`: either
+    overrides of the target data set (a part of it) or a full data-module config with `_target_`."""
     source = cfg.polarity.source
     if source.get("checkpoint"):
         return load_source_state(source.checkpoint), {}
-    datamodule = instantiate(cfg.dataset, **OmegaConf.to_container(source.dataset), subset_seed=cfg.seed)
+    spec = source.dataset
+    if "_target_" in spec:  # another data set altogether (e.g. MNIST as the source for Fashion-MNIST)
+        datamodule = instantiate(spec, subset_seed=cfg.seed)
+    else:  # a part of the target data set: overrides of cfg.dataset (e.g. other classes, another pool)
+        datamodule = instantiate(cfg.dataset, **OmegaConf.to_container(spec), subset_seed=cfg.seed)
     datamodule.setup("fit")
     torch.manual_seed(cfg.seed)
     network = build_network(cfg, datamodule)

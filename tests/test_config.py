@@ -20,8 +20,8 @@ def options(group: str) -> list[str]:
 
 def composed(*overrides: str):
     cfg = compose_config(list(overrides))
-    OmegaConf.resolve(cfg.model), OmegaConf.resolve(cfg.dataset), OmegaConf.resolve(cfg.task)
     check_targets(cfg, CHECKED_GROUPS)
+    OmegaConf.resolve(cfg.model), OmegaConf.resolve(cfg.dataset), OmegaConf.resolve(cfg.task)
     return cfg
 
 
@@ -71,6 +71,7 @@ def test_wandb_runs_are_tagged_with_task_model_dataset() -> None:
 @pytest.mark.parametrize(("override", "message"), [
     ("dataset.n_train=abc", r"dataset.n_train='abc' has type str, but data.xor.XorDataModule expects int"),
     ("trainer.max_epochs=ten", r"trainer.max_epochs='ten'.*expects"),
+    ("model.lr=fast", r"model.optimizer.lr='fast' \(set by \$\{model.lr\}\) has type str, but torch.optim.Adam expects"),
     ("+dataset.shuffle_everything=true", r"dataset.shuffle_everything: 'shuffle_everything' is not a parameter"),
     ("model.network._target_=models.nowhere.Net", r"model.network._target_: cannot import 'models.nowhere.Net'"),
 ])

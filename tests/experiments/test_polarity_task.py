@@ -12,7 +12,9 @@ from experiments.runner import run_task
 from tests.conftest import CONF
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-SMALL = {  # keep each experiment's smoke run to seconds on 2 CPU cores
+SMALL = {  # keep each experiment's smoke run to seconds on 2 CPU cores (MNIST's training files are not offline)
+    "polarity_mnist_to_fashion": ["dataset.n_val=200", "polarity.source.dataset.name=digits",
+                                  "polarity.source.dataset.n_train=300", "polarity.source.dataset.n_val=100"],
     "polarity_fashion_mnist": ["dataset.n_val=200", "polarity.source.dataset.n_train=500"],
     "polarity_fashion_mnist_alexnet": ["dataset.n_val=200", "polarity.source.dataset.n_train=500",
                                         "model.network.width_mult=0.05", "dataset.resize=64", "dataset.batch_size=8",
@@ -64,6 +66,18 @@ def test_polarity_transfer_on_real_digits(make_config, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "source_network.pt").is_file()
     assert (tmp_path / "run" / "checkpoints" / "freeze_in_pol_seed0" / "last.ckpt").is_file()
     assert "freeze_in_pol_vs_fluid_in_pol/val_error_mwu_p" in metrics
+
+
+def test_the_source_can_be_another_data_set(make_config, tmp_path: Path) -> None:
+    """A `_target_` under polarity.source.dataset replaces the data set instead of overriding it."""
+    source = ("+polarity.source.dataset={_target_: data.images.ImageDataModule, name: digits, "
+              f"root: {tmp_path}, n_train: 200, n_val: 100, classes: [5, 6, 7, 8, 9]}}")
+    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150",
+                      "debug=fast", "task.num_seeds=1", "~polarity.source.dataset", source)
+    run_task(cfg, tmp_path / "run")
+    import torch
+    state = torch.load(tmp_path / "run" / "source_network.pt", weights_only=True)
+    assert state["head.weight"].shape[0] == 5  # trained on the 5 classes of the other data module
 
 
 def test_a_saved_source_network_can_be_reused(make_config, tmp_path: Path) -> None:
