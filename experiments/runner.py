@@ -115,8 +115,9 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except InstantiationException as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+    except InstantiationException as exc:  # "Error in call to target 'X':" + the cause + "full_key: ..."
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        print(f"error: {' '.join(lines[:3])}", file=sys.stderr)
         raise SystemExit(2) from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""

@@ -114,3 +114,12 @@ def test_bad_input_gives_one_clear_message_and_no_metrics(run_cli, tmp_path: Pat
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("metrics.json"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_without_one_names_the_trainer(run_cli, tmp_path: Path) -> None:
+    result = run_cli("trainer=gpu", "logger=none", *FAST)
+    assert result.returncode == 2
+    assert "error: Error in call to target 'lightning.pytorch.trainer.trainer.Trainer'" in result.stderr
+    assert "No supported gpu backend found" in result.stderr and "full_key: trainer" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.rglob("metrics.json"))
