@@ -54,7 +54,9 @@ class RunContext:
     def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
         self.cfg = cfg
         self.output_dir = Path(output_dir)
+        self.resolved_config = resolved_config(cfg)
         self._loggers: list[Logger] | None = None
+        self._fits_resumed_from_file: set[str] = set()
 
     # -- loggers -------------------------------------------------------------------------------
     @property
@@ -63,9 +65,8 @@ class RunContext:
         if self._loggers is None:
             nodes = self.cfg.get("logger") or {}
             self._loggers = [instantiate(node) for node in nodes.values() if node is not None]
-            resolved = resolved_config(self.cfg)
             for logger in self._loggers:
-                logger.log_hyperparams(resolved)
+                logger.log_hyperparams(self.resolved_config)
         return self._loggers
 
     def log_final_metrics(self, metrics: Mapping[str, float]) -> None:
@@ -92,10 +93,10 @@ class RunContext:
                 logger.experiment.add_figure(f"plots/{name}", figure)
         return path
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
         """Finish W&B even on error, so the next multirun job does not log into this run."""
         for logger in self._loggers or []:
-            logger.finalize("success")
+            logger.finalize(status)
         if any(isinstance(logger, WandbLogger) for logger in self._loggers or []):
             import wandb
 
@@ -106,7 +107,11 @@ class RunContext:
         return self.output_dir / "checkpoints" / fit_name
 
     def resume_path(self, fit_name: str) -> str | None:
-        """Checkpoint to resume `fit_name` from, per `cfg.ckpt_path` (see conf/config.yaml)."""
+        """Checkpoint to resume `fit_name` from, per `cfg.ckpt_path` (see conf/config.yaml).
+
+        A run dir as `ckpt_path` resumes every fit from its own `checkpoints/<fit>/last.ckpt` there;
+        a single file only makes sense for a run with one fit, so a second fit asking is an error.
+        """
         choice = self.cfg.get("ckpt_path")
         last = self.checkpoint_dir(fit_name) / "last.ckpt"
         if choice == RESUME_NEVER:
@@ -118,14 +123,21 @@ class RunContext:
                 raise UserError(f"ckpt_path=last: no checkpoint at {last}; run in that dir first (hydra.run.dir=...) or drop ckpt_path")
             return str(last)
         path = Path(choice)
+        if path.is_dir():
+            in_dir = path / "checkpoints" / fit_name / "last.ckpt"
+            return str(in_dir) if in_dir.is_file() else None
         if not path.is_file():
-            raise UserError(f"ckpt_path={choice}: no such checkpoint file")
+            raise UserError(f"ckpt_path={choice}: no such checkpoint file or run dir")
+        self._fits_resumed_from_file.add(fit_name)
+        if len(self._fits_resumed_from_file) > 1:
+            raise UserError(f"ckpt_path={choice} is one checkpoint, but this run has several fits "
+                            f"({', '.join(sorted(self._fits_resumed_from_file))}); pass the run dir instead")
         return str(path)
 
     # -- result files --------------------------------------------------------------------------
     def write_resolved_config(self) -> None:
         """config_resolved.yaml beside Hydra's .hydra/config.yaml (which keeps interpolations)."""
-        text = OmegaConf.to_yaml(OmegaConf.create(resolved_config(self.cfg)))
+        text = OmegaConf.to_yaml(OmegaConf.create(self.resolved_config))
         atomic_write_text(self.output_dir / "config_resolved.yaml", text)
 
     def write_records(self, records: list[dict[str, Any]]) -> None:

@@ -102,6 +102,7 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
         ctx = RunContext(cfg, output_dir)
         if is_global_zero():
             ctx.write_resolved_config()
+        status = "failed"
         try:
             result = runner(cfg, ctx)
             if is_global_zero():
@@ -109,8 +110,9 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
                 write_results(ctx, result)
                 print(result.table)
                 log.info("results in %s", output_dir)
+            status = "success"
         finally:
-            ctx.close()
+            ctx.close(status)
         return objective(cfg, result.metrics)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

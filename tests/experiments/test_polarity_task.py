@@ -112,6 +112,24 @@ def test_a_rerun_in_the_same_dir_resumes_by_itself_as_on_requeue(make_config, tm
     assert read_metrics(requeued) == read_metrics(tmp_path / "straight")
 
 
+def test_ckpt_path_as_a_run_dir_resumes_each_fit_and_a_single_file_is_refused_for_several(
+        make_config, tmp_path: Path, caplog, capsys) -> None:
+    common = ["experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150",
+              "task.num_seeds=1", "logger=none", "trainer.enable_progress_bar=false", "polarity.source.max_epochs=1",
+              "polarity.source.dataset.n_train=100"]
+    first = tmp_path / "first"
+    run_task(make_config(*common, "trainer.max_epochs=1", output_dir=first), first)
+    with caplog.at_level(logging.INFO, logger="experiments.polarity"):
+        run_task(make_config(*common, "trainer.max_epochs=2", f"ckpt_path={first}", output_dir=tmp_path / "second"),
+                 tmp_path / "second")
+    assert caplog.text.count("resuming from") == 6  # the source and each of the 5 conditions
+    with pytest.raises(SystemExit):
+        run_task(make_config(*common, f"ckpt_path={first / 'checkpoints' / 'source' / 'last.ckpt'}",
+                             output_dir=tmp_path / "third"), tmp_path / "third")
+    assert "is one checkpoint, but this run has several fits" in capsys.readouterr().err
+    assert not (tmp_path / "third" / "metrics.json").exists()
+
+
 def test_tensorboard_logger_receives_curves_final_metrics_and_the_figure(make_config, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
