@@ -1,7 +1,6 @@
 """Every config option composes, and every `_target_` in it matches what it instantiates."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
