@@ -14,6 +14,11 @@ from torch.utils.data import Sampler
 _EPOCH_STRIDE = 1_000_003  # a prime, so (seed, epoch) pairs do not collide for epochs < ~1e6
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffle: a function of (seed, epoch) only."""
+    return torch.Generator().manual_seed(int(seed) * _EPOCH_STRIDE + int(epoch))
+
+
 class EpochSeededSampler(Sampler[int]):
     """Random permutation of ``range(num_samples)`` drawn from ``seed * 1_000_003 + epoch``."""
 
@@ -29,8 +34,7 @@ class EpochSeededSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + self.epoch)
-        yield from torch.randperm(self.num_samples, generator=generator).tolist()
+        yield from torch.randperm(self.num_samples, generator=epoch_generator(self.seed, self.epoch)).tolist()
 
     def __len__(self) -> int:
         return self.num_samples

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.samplers import epoch_generator
 from experiments.errors import UserError
 
 
@@ -62,7 +63,7 @@ class StackedBatchSampler(Sampler[Tensor]):
 
     def __iter__(self) -> Iterator[Tensor]:
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            generator = epoch_generator(self.seed, self.epoch)
             order = torch.argsort(torch.rand(self.num_seeds, self.num_items, generator=generator), dim=1)
         else:
             order = torch.arange(self.num_items).expand(self.num_seeds, -1)
