@@ -34,6 +34,10 @@ from models.polarity.sign_templates import (
 
 log = logging.getLogger(__name__)
 INITS = ("fresh", "source")
+# The source network starts from its own random init: were it the target's fresh init (both seeded
+# with cfg.seed), IN-Polarity would be "the target's init with the signs training flipped", not the
+# paper's independent pretrained network.
+SOURCE_INIT_SEED_OFFSET = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def train_source(cfg: DictConfig, ctx: RunContext) -> tuple[dict[str, Tensor], d
     else:  # a part of the target data set: overrides of cfg.dataset (e.g. other classes, another pool)
         datamodule = instantiate(cfg.dataset, **OmegaConf.to_container(spec), subset_seed=cfg.seed)
     datamodule.setup("fit")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(SOURCE_INIT_SEED_OFFSET + cfg.seed)  # never the init of a target run
     network = build_network(cfg, datamodule)
     module = fit(cfg, ctx, "source", network, datamodule, [], ["source"], max_epochs=int(source.max_epochs))
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}

@@ -143,3 +143,23 @@ def test_tensorboard_logger_receives_curves_final_metrics_and_the_figure(make_co
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"]) | set(accumulator.Tags()["images"])
     assert {"val/acc", "freeze_informed/val_error_median", "plots/learning_curves"} <= tags
+
+
+def test_source_network_does_not_share_the_target_runs_init(make_config, tmp_path: Path) -> None:
+    """IN-Polarity must come from an independently initialised network, not from the target's own init."""
+    import torch
+
+    from data.images import ImageDataModule
+    from models.polarity.networks import SmallCNN
+
+    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150",
+                      "debug=fast", "task.num_seeds=1", "polarity.source.dataset.n_train=100")
+    run_task(cfg, tmp_path / "run")
+    source = torch.load(tmp_path / "run" / "source_network.pt", weights_only=True)
+    datamodule = ImageDataModule(name="digits", root=str(tmp_path), n_train=50, n_val=150)
+    datamodule.setup("fit")
+    torch.manual_seed(0)  # the first target run's init (seed 0)
+    target = SmallCNN(**datamodule.network_kwargs, channels=(16, 32), hidden=128)
+    # one fast_dev_run step moves weights by ~lr; an identical init would agree almost everywhere in sign
+    agreement = (torch.sign(source["features.0.weight"]) == torch.sign(target.features[0].weight)).float().mean()
+    assert agreement < 0.8
