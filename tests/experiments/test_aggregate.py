@@ -202,3 +202,12 @@ def test_where_keeps_only_matching_jobs_and_rejects_unknown_keys(condition_sweep
     assert "every job ran with dataset.n_train=60" in stdout
     assert main([str(condition_sweep), "--where", "model.lr=1"]) == 2
     assert "not an override of this sweep" in capsys.readouterr().err
+
+
+def test_wandb_flag_logs_the_aggregate_as_an_offline_run(condition_sweep: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert main([str(condition_sweep), "--x", "dataset.n_train", "--metric", "val_error", "--wandb"]) == 0
+    runs = list((condition_sweep / "aggregate" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert list(runs[0].parent.glob("files/media/images/aggregate/*.png"))  # the plot went in as an image
