@@ -53,9 +53,6 @@ class SignConstraint(nn.Module):
         self._generator: torch.Generator | None = None
         self._generator_state: Tensor | None = None
 
-    def template(self, name: str) -> Tensor:
-        return getattr(self, f"template_{self.names.index(name)}")
-
     def _rng(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)

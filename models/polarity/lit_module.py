@@ -16,7 +16,7 @@ from models.polarity.freeze_sgd import SignConstraint
 class PolarityLitModule(pl.LightningModule):
     """Classifier training with optional Freeze-SGD constraints.
 
-    network      a single net (x (B, ...) -> logits (B, K)) or a population (has `num_runs`;
+    network      a single net (x (B, ...) -> logits (B, K)) or a population (`population = True`;
                  x (R, B, ...) -> logits (R, B, K)); K = 1 means binary with BCE, else cross-entropy
     data_index   for a population: which data slice (seed) of the batch each run trains on
     run_labels   condition name of each run, for per-condition logging
@@ -32,7 +32,7 @@ class PolarityLitModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.constraints = nn.ModuleList(constraints)
         self.run_labels = list(run_labels)
-        self.population = hasattr(network, "num_runs")
+        self.population = getattr(network, "population", False)
         runs = len(self.run_labels)
         if self.population:
             index = list(data_index) if data_index is not None else list(range(runs))
@@ -49,7 +49,7 @@ class PolarityLitModule(pl.LightningModule):
             x, y = x[self.data_index], y[self.data_index]
             logits = self.network(x)
         else:
-            logits, x, y = self.network(x).unsqueeze(0), x.unsqueeze(0), y.unsqueeze(0)
+            logits, y = self.network(x).unsqueeze(0), y.unsqueeze(0)
         if logits.shape[-1] == 1:
             logits = logits.squeeze(-1)
             target = y.to(logits.dtype)
