@@ -11,8 +11,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import experiments.resolvers  # noqa: F401  (registers ${wandb_offline:} and ${sweep_group:})
+import experiments.quiet
+import experiments.resolvers  # noqa: F401  (registers ${wandb_offline:}, ${sweep_group:}, ${run_id:})
 from experiments.runner import run_task
+
+experiments.quiet.install()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

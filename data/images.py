@@ -1,22 +1,14 @@
-"""Image classification data: file readers for the supported datasets and a Lightning DataModule.
+"""Image classification data: index selection (classes, pools, stratified subsets, validation points)
+and the Lightning DataModule. File readers live in `data.image_readers`.
 
-Readers return ``images`` as uint8 (N, H, W) for grey or (N, H, W, 3) RGB for colour, and ``labels`` as
-int64, so every dataset meets the DataModule in one shape convention. The DataModule fixes every random
-choice that should not vary between conditions (pool permutation, validation points) with constant seeds,
-and varies only the training subset and its order with ``subset_seed``.
+The DataModule fixes every random choice that should not vary between conditions (pool permutation,
+validation points) with constant seeds, and varies only the training subset and its order with
+``subset_seed``.
 """
 from __future__ import annotations
 
-import gzip
-import pickle
-import struct
-import tarfile
-import urllib.error
-import urllib.request
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -25,235 +17,39 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from common.errors import UserError
+from data.image_readers import READERS, SPLITS, Arrays, load_images
 from data.samplers import EpochSeededSampler
-from experiments.errors import UserError, missing_file
 
-Arrays = tuple[np.ndarray, np.ndarray]
-
-FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-SPLITS = ("train", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-_CIFAR_DIR = "cifar-10-batches-py"
-_CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 _POOL_SEED = 12345  # fixed: the pool split must not move when subset_seed changes
 _VAL_SEED = 0  # fixed: every run validates on the same test-split points
-_DIGITS_SEED = 0
-
-
-# ----------------------------------------------------------------------------------------------- readers
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX uint8 array (the MNIST file format); gzip-compressed when the name ends in ``.gz``."""
-    path = Path(path)
-    if not path.is_file():
-        raise missing_file(path, "check the path")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise UserError(f"corrupt IDX file {path} ({e}): delete it and download it again") from e
-    return _parse_idx(raw, path)
-
-
-def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
-    """Decode IDX bytes: 2 zero bytes, dtype code 0x08 (uint8), ndim, big-endian int32 dims, data."""
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
-        raise UserError(f"corrupt IDX file {path}: bad header (expected uint8 IDX); delete it and download it again")
-    ndim = raw[3]
-    offset = 4 + 4 * ndim
-    if len(raw) < offset:
-        raise UserError(f"corrupt IDX file {path}: truncated header; delete it and download it again")
-    dims = struct.unpack(f">{ndim}i", raw[4:offset])
-    if len(raw) - offset != int(np.prod(dims, dtype=np.int64)):
-        raise UserError(f"corrupt IDX file {path}: {len(raw) - offset} data bytes for shape {dims} "
-                        "(truncated?); delete it and download it again")
-    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
-
-
-def _download(url: str, dest: Path) -> None:
-    """Fetch ``url`` to ``dest`` through a temporary name, so an interrupted download leaves no bad file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        urllib.request.urlretrieve(url, tmp)
-    except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not download {url} to {dest} ({e}): download it by hand") from e
-    tmp.replace(dest)
-
-
-def _ensure_file(path: Path, url: str, download: bool) -> None:
-    """Download a missing file when allowed, else say where to get it."""
-    if path.is_file():
-        return
-    if not download:
-        raise missing_file(path, f"download it from {url} or set dataset.download=true")
-    _download(url, path)
-
-
-def _read_idx_pair(root: Path, split: str, download: bool, url: str) -> Arrays:
-    """Read one split of an MNIST-layout folder (four ``*-ubyte.gz`` files)."""
-    image_path, label_path = (root / name for name in _IDX_FILES[split])
-    for path in (image_path, label_path):
-        _ensure_file(path, url + path.name, download)
-    images, labels = read_idx(image_path), read_idx(label_path).astype(np.int64)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"{image_path} and {label_path} do not match (shapes {images.shape}, {labels.shape}): "
-                        "delete them and download them again")
-    return images, labels
-
-
-def _cifar_batch_dir(root: Path) -> Path | None:
-    """The folder holding CIFAR-10 batches: ``root/cifar-10-batches-py`` or ``root`` itself."""
-    for candidate in (root / _CIFAR_DIR, root):
-        if (candidate / "test_batch").is_file() or (candidate / "data_batch_1").is_file():
-            return candidate
-    return None
-
-
-def _read_cifar_batch(path: Path) -> Arrays:
-    """Unpickle one CIFAR-10 python batch into (N, 32, 32, 3) uint8 images and int64 labels."""
-    if not path.is_file():
-        raise missing_file(path, f"download and extract {CIFAR10_URL} or set dataset.download=true")
-    try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except Exception as e:  # any unpickling/format failure means the same thing: the file is bad
-        raise UserError(f"corrupt CIFAR-10 batch {path} ({type(e).__name__}): delete it and extract it again") from e
-    if len(data) != len(labels):
-        raise UserError(f"corrupt CIFAR-10 batch {path}: {len(data)} images but {len(labels)} labels")
-    return data.transpose(0, 2, 3, 1).copy(), labels
-
-
-def _download_cifar10(root: Path) -> None:
-    """Download the CIFAR-10 python archive into ``root`` and extract ``cifar-10-batches-py/``."""
-    archive = root / Path(CIFAR10_URL).name
-    _ensure_file(archive, CIFAR10_URL, download=True)
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"corrupt archive {archive} ({e}): delete it and download it again") from e
-
-
-def _read_cifar10(root: Path, split: str, download: bool) -> Arrays:
-    """CIFAR-10 from python batches, or from an image-folder layout ``root/<split>/<class>/`` if present."""
-    batch_dir = _cifar_batch_dir(root)
-    if batch_dir is None and (root / split).is_dir():
-        return _read_image_folder(root, split, download)
-    if batch_dir is None:
-        if not download:
-            raise missing_file(root / _CIFAR_DIR, f"download and extract {CIFAR10_URL} there or set dataset.download=true")
-        _download_cifar10(root)
-        batch_dir = root / _CIFAR_DIR
-    parts = [_read_cifar_batch(batch_dir / name) for name in _CIFAR_BATCHES[split]]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """One image file as uint8 (H, W) grey or (H, W, 3) RGB."""
-    import cv2  # imported here: only image folders need OpenCV
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.dtype != np.uint8:
-        raise UserError(f"cannot read {path} as an 8-bit image: replace or remove it")
-    if image.ndim == 3 and image.shape[2] == 1:
-        return image[:, :, 0]
-    if image.ndim == 3:
-        code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
-        return cv2.cvtColor(image, code)
-    return image
-
-
-def _stack_images(images: list[np.ndarray], folder: Path) -> np.ndarray:
-    """Stack images into one array, promoting grey to RGB if the folder mixes both; sizes must agree."""
-    if any(im.ndim == 3 for im in images):
-        images = [np.repeat(im[:, :, None], 3, axis=2) if im.ndim == 2 else im for im in images]
-    shapes = sorted({im.shape for im in images})
-    if len(shapes) > 1:
-        raise UserError(f"images under {folder} have different sizes {shapes[:3]}: resize them to one size")
-    return np.stack(images)
-
-
-def _read_image_folder(root: Path, split: str, download: bool = False) -> Arrays:
-    """Read ``root/<split>/<class_name>/*.png|jpg``; labels index the sorted class names."""
-    folder = root / split
-    if not folder.is_dir():
-        raise missing_file(folder, "expected the layout <root>/<split>/<class_name>/*.png")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
-    images, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        images += [_read_image(p) for p in files]
-        labels += [label] * len(files)
-    if not images:
-        raise UserError(f"no images under {folder}: expected <root>/<split>/<class_name>/*.png or *.jpg")
-    return _stack_images(images, folder), np.asarray(labels, dtype=np.int64)
-
-
-def _read_digits(root: Path, split: str, download: bool = False) -> Arrays:
-    """scikit-learn's bundled 8x8 digits scaled to 0..255, with a fixed seeded 80/20 train/test split."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    order = np.random.default_rng(_DIGITS_SEED).permutation(len(images))
-    n_test = round(0.2 * len(images))
-    chosen = np.sort(order[:n_test] if split == "test" else order[n_test:])
-    return images[chosen], digits.target[chosen].astype(np.int64)
-
-
-_READERS: dict[str, Callable[[Path, str, bool], Arrays]] = {
-    "fashion_mnist": partial(_read_idx_pair, url=FASHION_MNIST_URL),
-    "mnist": partial(_read_idx_pair, url=MNIST_URL),
-    "cifar10": _read_cifar10,
-    "image_folder": _read_image_folder,
-    "digits": _read_digits,
-}
-
-
-def load_images(name: str, root: str | Path, split: str, download: bool = False) -> Arrays:
-    """Load one split ("train" or "test") of dataset ``name`` from the folder ``root``."""
-    if name not in _READERS:
-        raise UserError(f"unknown image dataset {name!r}: use one of {', '.join(sorted(_READERS))}")
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r} for dataset {name!r}: use one of {', '.join(SPLITS)}")
-    return _READERS[name](Path(root).expanduser(), split, download)
 
 
 # ------------------------------------------------------------------------------------------ index choices
-def filter_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None) -> Arrays:
+def filter_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None, key: str = "dataset") -> Arrays:
     """Keep only ``classes`` and relabel them 0..k-1 in the order given."""
     if classes is None:
         return images, labels
     classes = [int(c) for c in classes]
     present = set(np.unique(labels).tolist())
     if len(set(classes)) != len(classes) or not set(classes) <= present:
-        raise UserError(f"dataset.classes={classes} must be distinct labels from {sorted(present)}")
+        raise UserError(f"{key}.classes={classes} must be distinct labels from {sorted(present)}")
     lookup = np.full(max(present) + 1, -1, dtype=np.int64)
     lookup[classes] = np.arange(len(classes))
     keep = np.isin(labels, classes)
     return images[keep], lookup[labels[keep]]
 
 
-def pool_indices(n: int, pool: tuple[float, float]) -> np.ndarray:
+def pool_indices(n: int, pool: tuple[float, float], key: str = "dataset") -> np.ndarray:
     """Indices in the fraction range ``pool`` of a fixed permutation, so adjacent ranges are disjoint."""
     low, high = pool
     if not 0.0 <= low < high <= 1.0:
-        raise UserError(f"dataset.pool={list(pool)} must satisfy 0 <= low < high <= 1")
+        raise UserError(f"{key}.pool={list(pool)} must satisfy 0 <= low < high <= 1")
     order = np.random.default_rng(_POOL_SEED).permutation(n)
     return order[round(low * n):round(high * n)]
 
 
-def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+def stratified_subset(labels: np.ndarray, n: int | None, seed: int, key: str = "dataset") -> np.ndarray:
     """Positions of ``n`` items taken round-robin over classes of a seeded shuffle (all classes if n allows).
 
     Subsets with the same seed are nested: the first ``n`` picks do not depend on the requested size.
@@ -261,8 +57,8 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     if n is None:
         return np.arange(len(labels))
     if not 0 < n <= len(labels):
-        raise UserError(f"dataset.n_train={n} must be between 1 and the training pool size {len(labels)}: "
-                        "lower n_train or widen dataset.pool")
+        raise UserError(f"{key}.n_train={n} must be between 1 and the training pool size {len(labels)}: "
+                        f"lower {key}.n_train or widen {key}.pool")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     class_order = rng.permutation(np.unique(labels))
@@ -276,10 +72,10 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     return np.sort(picks)
 
 
-def eval_split(n: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
+def eval_split(n: int, n_val: int, key: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
     """(validation, test) positions: ``n_val`` fixed-seed picks and the rest."""
     if not 0 <= n_val <= n:
-        raise UserError(f"dataset.n_val={n_val} must be between 0 and the test split size {n}")
+        raise UserError(f"{key}.n_val={n_val} must be between 0 and the test split size {n}")
     order = np.random.default_rng(_VAL_SEED).permutation(n)
     return np.sort(order[:n_val]), np.sort(order[n_val:])
 
@@ -357,15 +153,16 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(self, name: str, root: str, n_train: int | None = None, n_val: int = 2000,
                  classes: list[int] | None = None, pool: tuple[float, float] = (0.0, 1.0), subset_seed: int = 0,
                  batch_size: int = 32, eval_batch_size: int = 1000, resize: int | None = None,
-                 num_workers: int = 0, download: bool = False) -> None:
+                 num_workers: int = 0, download: bool = False, config_key: str = "dataset") -> None:
         super().__init__()
-        if name not in _READERS:
-            raise UserError(f"unknown image dataset data.name={name!r}: use one of {', '.join(sorted(_READERS))}")
+        self.config_key = config_key  # the config node this module was built from: errors name its keys
+        if name not in READERS:
+            raise UserError(f"unknown image dataset {config_key}.name={name!r}: use one of {', '.join(sorted(READERS))}")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if int(value) < 1:
-                raise UserError(f"dataset.{key}={value} must be >= 1")
+                raise UserError(f"{config_key}.{key}={value} must be >= 1")
         if resize is not None and int(resize) < 1:
-            raise UserError(f"dataset.resize={resize} must be >= 1 or null")
+            raise UserError(f"{config_key}.resize={resize} must be >= 1 or null")
         self.name, self.root = name, Path(root).expanduser()
         self.n_train = None if n_train is None else int(n_train)
         self.n_val = int(n_val)
@@ -382,7 +179,7 @@ class ImageDataModule(L.LightningDataModule):
         """One official split, filtered to ``classes``; read once per instance."""
         if split not in self._raw:
             images, labels = load_images(self.name, self.root, split, download=self.download)
-            self._raw[split] = filter_classes(images, labels, self.classes)
+            self._raw[split] = filter_classes(images, labels, self.classes, self.config_key)
         return self._raw[split]
 
     def prepare_data(self) -> None:
@@ -398,10 +195,10 @@ class ImageDataModule(L.LightningDataModule):
         train_x, train_y = self._split("train")
         test_x, test_y = self._split("test")
         train_images, test_images = to_nchw(train_x), to_nchw(test_x)
-        pool = pool_indices(len(train_y), self.pool)
-        train_idx = pool[stratified_subset(train_y[pool], self.n_train, self.subset_seed)]
+        pool = pool_indices(len(train_y), self.pool, self.config_key)
+        train_idx = pool[stratified_subset(train_y[pool], self.n_train, self.subset_seed, self.config_key)]
         mean, std = channel_stats(train_images[torch.from_numpy(np.sort(pool))])
-        val_idx, test_idx = eval_split(len(test_y), self.n_val)
+        val_idx, test_idx = eval_split(len(test_y), self.n_val, self.config_key)
         num_classes = len(self.classes) if self.classes else int(max(train_y.max(), test_y.max())) + 1
         self._data = _Prepared(train_images, torch.from_numpy(train_y), train_idx, test_images,
                                torch.from_numpy(test_y), val_idx, test_idx, NormaliseCollate(mean, std, self.resize),
@@ -435,7 +232,7 @@ class ImageDataModule(L.LightningDataModule):
         """Side length of the (square) images the loaders yield (after ``resize``)."""
         height, width = self.image_shape
         if height != width:
-            raise UserError(f"images under {self.root} are {height}x{width}, not square: set dataset.resize")
+            raise UserError(f"images under {self.root} are {height}x{width}, not square: set {self.config_key}.resize")
         return height
 
     @property

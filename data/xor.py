@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.samplers import epoch_generator
-from experiments.errors import UserError
+from common.errors import UserError
 
 
 def make_xor(n: int, generator: torch.Generator, distractors: int = 3, gap: float = 0.05) -> tuple[Tensor, Tensor]:

@@ -1,8 +1,11 @@
 """Aggregate a Hydra multirun into median/IQR tables, rank-test comparisons and plots.
 
 Usage: ``python -m experiments.aggregate <multirun_dir> [--metric NAME ...] [--x OVERRIDE_KEY]
-[--compare A:B ...] [--out DIR] [--wandb]``. Seeds are pooled (median and IQR over runs) because one seed says
-little; every other override, plus the record's ``condition``, separates groups.
+[--compare A:B | --compare FACTOR=A:B ...] [--paired] [--out DIR] [--wandb]``. Seeds are pooled (median and
+IQR over runs) because one seed says little; every other override that varies, and every factor field of
+the records (str or int values, e.g. ``condition``, ``attack``, ``attack_size``), separates groups. Only
+float fields are metrics. ``--paired`` uses the Wilcoxon signed-rank test over seeds (arms that share
+seed, init and data) instead of Mann-Whitney U.
 """
 from __future__ import annotations
 
@@ -18,12 +21,23 @@ from typing import Any
 
 import yaml
 
-from experiments.errors import UserError
+from common.errors import UserError
 from experiments.report import log_to_wandb, sort_value, write_outputs
-from experiments.stats import holm, mann_whitney, median_iqr
+from experiments.stats import holm, mann_whitney, median_iqr, wilcoxon_paired
 
 OVERRIDES_KEY = "_overrides"  # names of a record's group columns (its job's overrides minus seed)
-_NOT_METRICS = {"condition", "seed", OVERRIDES_KEY}
+CONDITION = "condition"  # the factor `--compare A:B` means, and the columns of the wide tables
+_NOT_METRICS = {CONDITION, "seed", OVERRIDES_KEY}
+MANN_WHITNEY, WILCOXON = "Mann-Whitney U", "Wilcoxon signed-rank (paired by seed)"
+
+
+def is_factor_value(value: Any) -> bool:
+    """Factor fields are strings or ints (not bools, not floats): ``attack``, ``attack_size``, ``crop``."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def is_metric_value(value: Any) -> bool:
+    return value is None or isinstance(value, float)
 
 
 # ---------------------------------------------------------------- collecting
@@ -74,10 +88,25 @@ def _parse_json_object(text: str, where: str) -> dict[str, Any]:
     return obj
 
 
+def _job_commit(job: Path) -> str | None:
+    """The short commit (with "+dirty" when the tree had changes) from the job's provenance.json."""
+    try:
+        provenance = json.loads((job / "provenance.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    commit = provenance.get("git_commit") if isinstance(provenance, dict) else None
+    if not commit:
+        return None
+    return commit[:12] + ("+dirty" if provenance.get("git_dirty") else "")
+
+
 def _job_records(job: Path) -> list[dict[str, Any]]:
     """The records of one completed job, each tagged with the job's overrides as group columns."""
     overrides = parse_overrides(job / ".hydra" / "overrides.yaml")
     seed = overrides.pop("seed", None)
+    commit = _job_commit(job)
+    if commit is not None:
+        overrides["git_commit"] = commit  # a column when jobs ran different code; --where git_commit=... filters
     jsonl = job / "records.jsonl"
     if jsonl.is_file():
         raw = []
@@ -127,15 +156,34 @@ def _override_values(records: Iterable[dict[str, Any]]) -> dict[str, set]:
     return {k: {repr(rec.get(k)) for rec in records} for k in keys}
 
 
+def factor_fields(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Record fields (not overrides, not `seed` / `condition`) holding str or int values, first-seen order."""
+    fields: dict[str, None] = {}
+    for rec in records:
+        cols = set(rec.get(OVERRIDES_KEY, ()))
+        for key, value in rec.items():
+            if key not in _NOT_METRICS and key not in cols and is_factor_value(value):
+                fields.setdefault(key)
+    return list(fields)
+
+
+def _column_values(records: list[dict[str, Any]]) -> dict[str, set]:
+    """Each override key and factor field, and the set of values it takes (missing as None)."""
+    values = _override_values(records)
+    for key in factor_fields(records):
+        values[key] = {repr(rec.get(key)) for rec in records}
+    return values
+
+
 def group_columns(records: Iterable[dict[str, Any]]) -> list[str]:
-    """Override columns that vary over the records, in first-seen order (constant ones are notes)."""
-    return [k for k, values in _override_values(records).items() if len(values) > 1]
+    """Overrides and factor fields that vary over the records, in first-seen order (constant ones are notes)."""
+    return [k for k, values in _column_values(list(records)).items() if len(values) > 1]
 
 
 def fixed_overrides(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Overrides shared by every record (e.g. the experiment name): said once, not as a column."""
+    """Overrides and factors shared by every record (e.g. the experiment name): said once, not as a column."""
     records = list(records)
-    return {k: records[0].get(k) for k, values in _override_values(records).items() if len(values) == 1}
+    return {k: records[0].get(k) for k, values in _column_values(records).items() if len(values) == 1}
 
 
 def metric_names(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -144,7 +192,7 @@ def metric_names(records: Iterable[dict[str, Any]]) -> list[str]:
     for rec in records:
         cols = set(rec.get(OVERRIDES_KEY, ()))
         for key, value in rec.items():
-            if key not in _NOT_METRICS and key not in cols and isinstance(value, (int, float)):
+            if key not in _NOT_METRICS and key not in cols and isinstance(value, float):
                 names.setdefault(key)
     return list(names)
 
@@ -201,50 +249,89 @@ def summarize(records: list[dict[str, Any]], metrics: Sequence[str] | None = Non
     return rows
 
 
-def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, str]],
-            metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Mann–Whitney A vs B per override group and metric, Holm-adjusted within each override group
-    (the family is one cell of the sweep: its pairs x metrics, as in the paper's per-panel tests)."""
-    chosen = _check_metrics(records, metrics)
-    known = set(_by_condition(records))
-    for a, b in pairs:
-        missing = [c for c in (a, b) if c not in known]
+def _check_pairs(records: list[dict[str, Any]], pairs: Sequence[tuple[str, Any, Any]]) -> None:
+    """Every factor named by --compare exists and takes both values somewhere."""
+    for factor, a, b in pairs:
+        known = {rec.get(factor) for rec in records if factor in rec}
+        if not known:
+            raise UserError(f"--compare {factor}={a}:{b}: no factor or override {factor!r} in these records")
+        missing = [v for v in (a, b) if v not in known]
         if missing:
-            raise UserError(f"--compare {a}:{b}: no condition {missing[0]!r}; known: {', '.join(sorted(known))}")
+            label = f"{a}:{b}" if factor == CONDITION else f"{factor}={a}:{b}"
+            what = "condition" if factor == CONDITION else f"{factor} value"
+            raise UserError(f"--compare {label}: no {what} {missing[0]!r}; known: {', '.join(sorted(map(str, known)))}")
+
+
+def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, Any, Any]],
+            metrics: Sequence[str] | None = None, paired: bool = False) -> list[dict[str, Any]]:
+    """For each (factor, A, B): A vs B on each metric within every group of the other columns, Holm-adjusted
+    within each group (the family is one cell of the sweep: its comparisons x metrics, as in the paper's
+    per-panel tests). Unpaired: Mann-Whitney U. Paired: Wilcoxon signed-rank over runs matched by seed."""
+    chosen = _check_metrics(records, metrics)
+    _check_pairs(records, pairs)
     cols = group_columns(records)
-    rows = []
-    for key, group in _groups(records, cols).items():
-        group_rows: list[dict[str, Any]] = []
-        by_cond = _by_condition(group)
-        for a, b in pairs:
-            if a not in by_cond or b not in by_cond:
+    families: dict[tuple, list[dict[str, Any]]] = {}
+    for factor, a, b in pairs:
+        others = [c for c in [*cols, CONDITION] if c != factor]
+        for key, group in _groups(records, others).items():
+            arm_a = [rec for rec in group if rec.get(factor) == a]
+            arm_b = [rec for rec in group if rec.get(factor) == b]
+            if not arm_a or not arm_b:
                 continue
+            family_key = tuple((c, v) for c, v in zip(others, key) if c in cols)
+            labels = {c: v for c, v in zip(others, key)}
             for metric in chosen:
-                if not any(metric in rec for rec in by_cond[a] + by_cond[b]):
+                if not any(metric in rec for rec in arm_a + arm_b):
                     continue
-                va, vb = _values(by_cond[a], metric), _values(by_cond[b], metric)
+                va, vb = _values(arm_a, metric), _values(arm_b, metric)
                 if all(math.isnan(v) for v in va + vb):
                     continue  # nothing to compare (e.g. no run reached the cutoff)
+                if paired:
+                    p, n_pairs = wilcoxon_paired(_by_seed(arm_a, metric), _by_seed(arm_b, metric))
+                    n_a = n_b = n_pairs
+                else:
+                    p = mann_whitney(va, vb)
+                    n_a, n_b = sum(not math.isnan(v) for v in va), sum(not math.isnan(v) for v in vb)
                 med_a, med_b = median_iqr(va)[0], median_iqr(vb)[0]
-                group_rows.append({**dict(zip(cols, key)), "metric": metric, "a": a, "b": b,
-                             "n_a": sum(not math.isnan(v) for v in va), "n_b": sum(not math.isnan(v) for v in vb),
-                             "median_a": med_a, "median_b": med_b, "diff_median": med_a - med_b,
-                             "p": mann_whitney(va, vb)})
-        for row, adjusted in zip(group_rows, holm([r["p"] for r in group_rows])):
+                families.setdefault(family_key, []).append({
+                    **{c: labels.get(c) for c in cols if c != factor}, "factor": factor,
+                    **({} if factor == CONDITION else {CONDITION: labels.get(CONDITION)}),
+                    "metric": metric, "a": a, "b": b, "n_a": n_a, "n_b": n_b, "median_a": med_a, "median_b": med_b,
+                    "diff_median": med_a - med_b, "test": WILCOXON if paired else MANN_WHITNEY, "p": p})
+    rows = []
+    for family in families.values():
+        for row, adjusted in zip(family, holm([r["p"] for r in family])):
             row["p_holm"] = adjusted
-        rows += group_rows
+        rows += family
     return rows
+
+
+def _by_seed(records: list[dict[str, Any]], metric: str) -> dict[Any, float | None]:
+    """metric by seed, for pairing; a seed that occurs twice in one arm cannot be paired."""
+    out: dict[Any, float | None] = {}
+    for rec in records:
+        seed = rec.get("seed")
+        if seed in out:
+            raise UserError(f"--paired: seed {seed} occurs twice in one arm; pair only arms with one run per seed")
+        out[seed] = rec.get(metric)
+    return out
 
 
 # ---------------------------------------------------------------- CLI
 
 
-def _parse_pair(text: str) -> tuple[str, str]:
-    """``A:B`` -> (A, B)."""
-    a, sep, b = text.partition(":")
-    if not sep or not a or not b:
-        raise UserError(f"--compare {text!r} is not A:B; write e.g. --compare freeze_informed:baseline")
-    return a, b
+def _parse_pair(text: str) -> tuple[str, Any, Any]:
+    """``A:B`` -> ("condition", A, B); ``FACTOR=A:B`` -> (FACTOR, A, B) with values as YAML reads them."""
+    factor, sep, rest = text.partition("=")
+    if not sep:
+        factor, rest = CONDITION, text
+    a, sep, b = rest.partition(":")
+    if not sep or not a or not b or not factor:
+        raise UserError(f"--compare {text!r} is not A:B or FACTOR=A:B; write e.g. --compare freeze_informed:fluid "
+                        "or --compare defense=tcd:none")
+    if factor == CONDITION:
+        return factor, a, b
+    return factor, _parse_value(a), _parse_value(b)
 
 
 def select(records: list[dict[str, Any]], conditions: Sequence[str]) -> list[dict[str, Any]]:
@@ -267,7 +354,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("multirun_dir", type=Path)
     parser.add_argument("--metric", action="append", help="metric to report (repeatable; default: all)")
     parser.add_argument("--x", help="numeric override key to plot metrics against, e.g. dataset.n_train")
-    parser.add_argument("--compare", action="append", default=[], metavar="A:B", help="conditions to rank-test")
+    parser.add_argument("--compare", action="append", default=[], metavar="[FACTOR=]A:B",
+                        help="rank-test condition A vs B, or values A vs B of another factor (repeatable)")
+    parser.add_argument("--paired", action="store_true",
+                        help="Wilcoxon signed-rank over seeds (arms sharing seed, init and data) instead of Mann-Whitney U")
     parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                         help="keep only jobs with this override value (repeatable), e.g. model.network.hidden=64")
     parser.add_argument("--out", type=Path, help="output dir (default: <multirun_dir>/aggregate)")
@@ -287,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"known keys: {', '.join(cols) or '(none)'}")
         summary = summarize(records, args.metric)
         pairs = [_parse_pair(p) for p in args.compare]
-        comparisons = compare(records, pairs, args.metric) if pairs else []
+        comparisons = compare(records, pairs, args.metric, paired=args.paired) if pairs else []
         fixed = ", ".join(f"{k}={v}" for k, v in fixed_overrides(records).items())
         notes = [f"{len(records)} records from {args.multirun_dir}"
                  + (f"; {incomplete} incomplete jobs skipped" if incomplete else "")

@@ -17,7 +17,24 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.errors import UserError
+from common.errors import UserError
+from common.ranges import Range
+
+# Ranges for parameters of other libraries' classes, matched by class-path prefix and parameter name.
+TARGET_RANGES: dict[tuple[str, str], Range] = {
+    ("torch.optim.", "lr"): Range(gt=0),
+    ("torch.optim.", "weight_decay"): Range(ge=0),
+    ("torch.optim.", "momentum"): Range(ge=0),
+    ("lightning.pytorch.Trainer", "max_epochs"): Range(ge=1, allow=(-1,)),
+    ("lightning.pytorch.Trainer", "devices"): Range(ge=1, allow=(-1, "auto")),
+    ("lightning.pytorch.Trainer", "num_nodes"): Range(ge=1),
+}
+# Ranges for plain config keys (no `_target_`), by full key.
+KEY_RANGES: dict[str, Range] = {
+    "seed": Range(ge=0, lt=2**32),  # numpy's seeding range
+    "task.num_seeds": Range(ge=1),
+    "task.limit": Range(ge=1),
+}
 
 _UNKNOWN = object()  # an annotation this checker does not understand: accept any value
 
@@ -55,8 +72,43 @@ def _matches(value: Any, hint: Any) -> bool | object:
     return _UNKNOWN
 
 
+def _strip_annotated(hint: Any) -> Any:
+    """`Annotated[T, ...]` -> T, also inside unions (`Annotated[float, Range(gt=0)] | None`)."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return typing.get_args(hint)[0]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = tuple(_strip_annotated(a) for a in typing.get_args(hint))
+        return typing.Union[args]
+    return hint
+
+
 def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _range_of(hint: Any, target_path: str, name: str) -> Range | None:
+    """A Range from `Annotated[..., Range(...)]` (also inside Optional), else from TARGET_RANGES."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if typing.get_origin(candidate) is typing.Annotated:
+            for meta in candidate.__metadata__:
+                if isinstance(meta, Range):
+                    return meta
+    for (prefix, param), bound in TARGET_RANGES.items():
+        if target_path.startswith(prefix) and name == param:
+            return bound
+    return None
+
+
+def check_key_ranges(cfg: DictConfig, ranges: dict[str, Range] | None = None) -> None:
+    """Plain keys with known ranges (seed, task.num_seeds, ...); a task adds its own in `task.ranges`."""
+    ranges = dict(KEY_RANGES if ranges is None else ranges)
+    for key, spec in (cfg.get("task") or {}).get("ranges", {}).items():
+        ranges[str(key)] = Range(**spec)
+    for key, bound in ranges.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        problem = bound.violation(value)
+        if problem:
+            raise UserError(f"{key}={value!r} {problem}; fix the value")
 
 
 def check_target_node(node: DictConfig, key: str) -> None:
@@ -69,7 +121,7 @@ def check_target_node(node: DictConfig, key: str) -> None:
     func = target.__init__ if inspect.isclass(target) else target
     signature = inspect.signature(func)
     try:
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(func, include_extras=True)
     except Exception:  # unresolvable forward references: fall back to no type information
         hints = {}
     params = signature.parameters
@@ -94,14 +146,21 @@ def check_target_node(node: DictConfig, key: str) -> None:
         if isinstance(value, DictConfig) and "_target_" in value:
             continue  # a nested object; checked on its own
         hint = hints.get(name, params[name].annotation)
-        if _matches(value, hint) is False:
+        if _matches(value, _strip_annotated(hint)) is False:
             raise UserError(
-                f"{full_key}={value!r}{source} has type {type(value).__name__}, but {target_path} expects {_describe(hint)}; fix the value"
+                f"{full_key}={value!r}{source} has type {type(value).__name__}, but {target_path} expects {_describe(_strip_annotated(hint))}; fix the value"
             )
+        bound = _range_of(hints.get(name, params[name].annotation), target_path, str(name))
+        problem = bound.violation(value) if bound is not None else None
+        if problem:
+            raise UserError(f"{full_key}={value!r}{source} {problem} ({target_path}); fix the value")
 
 
-def check_targets(cfg: DictConfig, roots: Iterable[str]) -> None:
-    """Check every `_target_` node under the given top-level keys (recursively)."""
+def check_targets(cfg: DictConfig, roots: Iterable[str] | None = None) -> None:
+    """Check every `_target_` node under the given top-level keys (recursively); all keys but `hydra`
+    by default, so a task's own groups (e.g. `polarity.source.dataset`) are checked like `model`."""
+    if roots is None:
+        roots = [key for key in cfg if key != "hydra"]
 
     def walk(node: Any, key: str) -> None:
         if isinstance(node, DictConfig):

@@ -20,7 +20,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from experiments.errors import UserError
+from common.errors import UserError
+from experiments.config_check import check_target_node
 from experiments.polarity_report import learning_curve_figure, summarize_conditions
 from experiments.run_context import RunContext
 from experiments.runner import TaskResult
@@ -81,6 +82,8 @@ def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_sta
     the source weights, and frozen runs get a constraint (entries of unfrozen runs are 0 = free).
     """
     population = getattr(network, "population", False)
+    if source_state is not None:
+        check_transfer(network, source_state)
     by_kind = {c.template: make_template(c.template, network, source_state) for c in conditions}
     new_layers = set()
     if source_state is not None and not constrain_new_layers:
@@ -107,6 +110,16 @@ def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_sta
             templates[name] = torch.zeros_like(templates[name])
         constraints.append(SignConstraint(templates, reset=reset, eps=eps, seed=seed))
     return constraints
+
+
+def check_transfer(network: nn.Module, source_state: Mapping[str, Tensor]) -> None:
+    """Say how many layers take the source's signs / weights; stop when none does (another architecture)."""
+    layers = constrained_parameters(network)
+    matched = transferred_names(network, source_state)
+    if not matched:
+        raise UserError(f"polarity.source: no layer of the source network matches this network (0 of {len(layers)} weight "
+                        "shapes agree); the source is another architecture: use a checkpoint of model.network")
+    log.info("transfer: %d of %d layers take the source network's signs / weights", len(matched), len(layers))
 
 
 def fit(cfg: DictConfig, ctx: RunContext, fit_name: str, network: nn.Module, datamodule,
@@ -138,17 +151,30 @@ def load_source_state(path: str) -> dict[str, Tensor]:
     return state
 
 
+def source_dataset_config(cfg: DictConfig) -> DictConfig:
+    """The source network's data module config: `polarity.source.dataset` when it names its own `_target_`
+    (another data set, e.g. MNIST for Fashion-MNIST), else the target's `dataset` with those overrides
+    (other classes, another pool). Errors about it name `polarity.source.dataset.*`, not `dataset.*`."""
+    spec = OmegaConf.to_container(cfg.polarity.source.dataset, resolve=True)
+    if "_target_" not in spec:
+        spec = {**OmegaConf.to_container(cfg.dataset, resolve=True), **spec}
+    merged = OmegaConf.create(spec)
+    if _accepts_config_key(merged):
+        merged.config_key = "polarity.source.dataset"
+    return merged
+
+
+def _accepts_config_key(node: DictConfig) -> bool:
+    return "config_key" in inspect.signature(get_class(node._target_)).parameters
+
+
 def train_source(cfg: DictConfig, ctx: RunContext) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Train the source network (the paper's ImageNet AlexNet) on `polarity.source.dataset`: either
     overrides of the target data set (a part of it) or a full data-module config with `_target_`."""
     source = cfg.polarity.source
     if source.get("checkpoint"):
         return load_source_state(source.checkpoint), {}
-    spec = source.dataset
-    if "_target_" in spec:  # another data set altogether (e.g. MNIST as the source for Fashion-MNIST)
-        datamodule = instantiate(spec, subset_seed=cfg.seed)
-    else:  # a part of the target data set: overrides of cfg.dataset (e.g. other classes, another pool)
-        datamodule = instantiate(cfg.dataset, **OmegaConf.to_container(spec), subset_seed=cfg.seed)
+    datamodule = instantiate(source_dataset_config(cfg), subset_seed=cfg.seed)
     datamodule.setup("fit")
     torch.manual_seed(SOURCE_INIT_SEED_OFFSET + cfg.seed)  # never the init of a target run
     network = build_network(cfg, datamodule)
@@ -163,8 +189,10 @@ def train_source(cfg: DictConfig, ctx: RunContext) -> tuple[dict[str, Tensor], d
 def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     pcfg, cutoff = cfg.polarity, float(cfg.task.cutoff)
     conditions = parse_conditions(pcfg)
-    seeds = [cfg.seed * int(cfg.task.num_seeds) + i for i in range(int(cfg.task.num_seeds))]
+    seeds = [cfg.seed * int(cfg.task.num_seeds) + i for i in range(ctx.limit(cfg.task.num_seeds))]
     needs_source = any(c.template == "transfer" or c.init == "source" for c in conditions)
+    if needs_source and not pcfg.source.get("checkpoint"):
+        check_target_node(source_dataset_config(cfg), "polarity.source.dataset")
     source_state, extra_metrics = train_source(cfg, ctx) if needs_source else (None, {})
     constrain_new = bool(pcfg.get("freeze_new_layers", True))
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.errors import UserError
+from common.errors import UserError
 from experiments.aggregate import compare, summarize
 
 SUMMARIZED_METRICS = ("val_error", "epochs_to_cutoff", "best_epoch")
@@ -47,13 +47,19 @@ def summarize_conditions(records: Sequence[dict[str, Any]], conditions: Sequence
                     f"{_fmt(metrics[f'{name}/best_val_acc_min'])} / {_fmt(metrics[f'{name}/best_val_acc_max'])} |")
     table = "\n".join(rows)
     if pairs:
-        comparison_rows = ["| A | B | metric | median A − B | Mann-Whitney p | Holm p |", "|---|---|---|---|---|---|"]
-        for row in compare(records, list(pairs), list(COMPARED_METRICS)):
-            key = f"{row['a']}_vs_{row['b']}/{row['metric']}"
-            metrics[f"{key}_mwu_p"], metrics[f"{key}_mwu_p_holm"] = row["p"], row["p_holm"]
-            comparison_rows.append(f"| {row['a']} | {row['b']} | {row['metric']} | {_fmt(row['diff_median'])} | "
-                                   f"{_fmt(row['p'])} | {_fmt(row['p_holm'])} |")
-        table += "\n\n" + "\n".join(comparison_rows)
+        comparison_rows = ["| A | B | metric | median A − B | Wilcoxon signed-rank p (paired by seed) | Holm p | "
+                           "Mann-Whitney p | Holm p |", "|---|---|---|---|---|---|---|---|"]
+        condition_pairs = [("condition", a, b) for a, b in pairs]
+        unpaired = compare(records, condition_pairs, list(COMPARED_METRICS))
+        paired = compare(records, condition_pairs, list(COMPARED_METRICS), paired=True)
+        for u, w in zip(unpaired, paired):
+            key = f"{u['a']}_vs_{u['b']}/{u['metric']}"
+            metrics[f"{key}_mwu_p"], metrics[f"{key}_mwu_p_holm"] = u["p"], u["p_holm"]
+            metrics[f"{key}_wilcoxon_p"], metrics[f"{key}_wilcoxon_p_holm"] = w["p"], w["p_holm"]
+            comparison_rows.append(f"| {u['a']} | {u['b']} | {u['metric']} | {_fmt(u['diff_median'])} | "
+                                   f"{_fmt(w['p'])} | {_fmt(w['p_holm'])} | {_fmt(u['p'])} | {_fmt(u['p_holm'])} |")
+        table += ("\n\nConditions of one seed share initial weights and data, so the paired test applies; Holm "
+                  f"over the {len(unpaired)} tests of this table (each test family separately).\n\n" + "\n".join(comparison_rows))
     return metrics, table
 
 

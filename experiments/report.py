@@ -11,10 +11,10 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from experiments.errors import UserError
+from common.errors import UserError
 
 SUMMARY_FIELDS = ["condition", "metric", "n", "runs", "median", "q25", "q75", "mean"]
-COMPARE_FIELDS = ["metric", "a", "b", "n_a", "n_b", "median_a", "median_b", "diff_median", "p", "p_holm"]
+COMPARE_FIELDS = ["factor", "metric", "a", "b", "n_a", "n_b", "median_a", "median_b", "diff_median", "test", "p", "p_holm"]
 
 
 def sort_value(value: Any) -> tuple:
@@ -72,11 +72,12 @@ def render_markdown(summary: list[dict[str, Any]], comparisons: list[dict[str, A
                   _wide_table([r for r in summary if r["metric"] == metric], cols)]
     if comparisons:
         ccols = _row_columns(comparisons, COMPARE_FIELDS)
-        body = [[_fmt(r[c]) for c in ccols] + [r["metric"], r["a"], r["b"], str(r["n_a"]), str(r["n_b"]),
-                                               _fmt(r["diff_median"]), _fmt(r["p"]), _fmt(r["p_holm"])]
+        body = [[_fmt(r.get(c)) for c in ccols] + [r["metric"], r["factor"], _fmt(r["a"]), _fmt(r["b"]), str(r["n_a"]),
+                                                    str(r["n_b"]), _fmt(r["diff_median"]), _fmt(r["p"]), _fmt(r["p_holm"])]
                 for r in comparisons]
-        header = [*ccols, "metric", "A", "B", "n A", "n B", "median A − B", "p", "p (Holm)"]
-        parts += ["## Comparisons (Mann–Whitney U, two-sided, Holm-adjusted within each row group)", _md_table(header, body)]
+        header = [*ccols, "metric", "factor", "A", "B", "n A", "n B", "median A − B", "p", "p (Holm)"]
+        tests = " / ".join(dict.fromkeys(r["test"] for r in comparisons))
+        parts += [f"## Comparisons ({tests}, two-sided; Holm-adjusted within each row group)", _md_table(header, body)]
     if not summary:
         parts.append("No numeric metrics found.")
     return "\n\n".join(parts) + "\n"

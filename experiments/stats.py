@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, wilcoxon
 
 
 def _finite(values: Iterable[float | None]) -> np.ndarray:
@@ -39,6 +39,21 @@ def mann_whitney(a: Iterable[float | None], b: Iterable[float | None]) -> float:
     if np.unique(np.concatenate([xa, xb])).size == 1:
         return math.nan
     return float(mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
+
+
+def wilcoxon_paired(a: dict[object, float | None], b: dict[object, float | None]) -> tuple[float, int]:
+    """Two-sided Wilcoxon signed-rank p-value over the pairs (a[k], b[k]) that share a key (the seed) and
+    are both finite, and the number of such pairs; NaN when fewer than 2 pairs or all differences are 0.
+
+    For arms that share seed, init and data (Freeze vs Fluid): pairing removes the seed-to-seed spread
+    that an unpaired test has to see through.
+    """
+    pairs = [(float(a[k]), float(b[k])) for k in a if k in b and a[k] is not None and b[k] is not None]
+    pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
+    diffs = np.asarray([x - y for x, y in pairs])
+    if diffs.size < 2 or not np.any(diffs != 0):
+        return math.nan, len(pairs)
+    return float(wilcoxon(diffs, zero_method="wilcox", alternative="two-sided").pvalue), len(pairs)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments.run_context import RunContext
 
 
-def build_trainer(cfg: DictConfig, ctx: RunContext, fit_name: str, **overrides: Any) -> tuple[pl.Trainer, str | None]:
+def build_trainer(cfg: DictConfig, ctx: RunContext, fit_name: str, **overrides: Any) -> tuple[Any, str | None]:
     """A Trainer whose checkpoints go to checkpoints/<fit_name>/, and the checkpoint to resume from.
 
     `overrides` replace cfg.trainer entries for this fit only (e.g. a source network's max_epochs).
+    Logger steps continue across fits of the same name (see `RunContext.loggers_for_fit`).
     """
     callbacks = []
     for node in (cfg.get("callbacks") or {}).values():
@@ -21,5 +21,5 @@ def build_trainer(cfg: DictConfig, ctx: RunContext, fit_name: str, **overrides: 
             continue
         extra = {"dirpath": str(ctx.checkpoint_dir(fit_name))} if "dirpath" in node else {}
         callbacks.append(instantiate(node, **extra))
-    trainer = instantiate(cfg.trainer, logger=ctx.loggers or False, callbacks=callbacks, **overrides)
+    trainer = instantiate(cfg.trainer, logger=ctx.loggers_for_fit(fit_name) or False, callbacks=callbacks, **overrides)
     return trainer, ctx.resume_path(fit_name)

@@ -70,3 +70,17 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+def experiments_of_task(task: str) -> list[str]:
+    """The conf/experiment/*.yaml files that select `task`, so each task's tests loop over its own files only."""
+    names = []
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        try:
+            cfg = compose_config([f"experiment={path.stem}"])
+        except Exception:  # another task's file that does not compose is that task's test to report
+            continue
+        if cfg.task.name == task:
+            names.append(path.stem)
+    GlobalHydra.instance().clear()
+    return names

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 
 import pytest
+from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from experiments.config_check import check_targets
-from experiments.errors import UserError
-from experiments.runner import CHECKED_GROUPS
+from common.errors import UserError
 from tests.conftest import CONF, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -19,8 +19,9 @@ def options(group: str) -> list[str]:
 
 def composed(*overrides: str):
     cfg = compose_config(list(overrides))
-    check_targets(cfg, CHECKED_GROUPS)
-    OmegaConf.resolve(cfg.model), OmegaConf.resolve(cfg.dataset), OmegaConf.resolve(cfg.task)
+    check_targets(cfg)
+    for key in ("model", "dataset", "task"):
+        OmegaConf.resolve(cfg[key])
     return cfg
 
 
@@ -29,9 +30,14 @@ def test_there_is_one_experiment_file_per_paper_setting() -> None:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes(experiment: str) -> None:
+def test_every_experiment_composes_against_its_own_task(experiment: str) -> None:
+    """Each experiment file is checked with the task it selects, so one task's files never break another's."""
     cfg = composed(f"experiment={experiment}")
-    assert cfg.task.runner and cfg.model.network._target_ and cfg.dataset._target_
+    assert cfg.task.name in options("task")
+    assert callable(get_method(cfg.task.runner))
+    assert cfg.model.name and cfg.dataset.name  # the loggers name and tag runs with them
+    for group in ("polarity",):  # a task-specific node belongs to its own task only
+        assert (group in cfg) == (cfg.task.name == group), group
 
 
 @pytest.mark.parametrize("group", ["task", "model", "dataset", "polarity", "trainer", "logger", "callbacks"])
@@ -58,8 +64,24 @@ def test_wandb_is_offline_unless_asked(monkeypatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert compose_config([]).logger.wandb.offline is True
     monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setattr("experiments.resolvers.wandb_online_problem", lambda: None)  # a key and a network
     assert compose_config([]).logger.wandb.offline is False
     assert compose_config(["logger.wandb.offline=false"]).logger.wandb.offline is False
+
+
+def test_wandb_online_without_a_key_falls_back_to_offline_with_one_warning(monkeypatch, tmp_path, caplog) -> None:
+    import experiments.resolvers as resolvers
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc there
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(resolvers, "_online_checks", {})
+    assert compose_config([]).logger.wandb.offline is True
+    assert "no W&B API key" in caplog.text and caplog.text.count("logging offline instead") == 1
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: unreachable at once
+    assert compose_config([]).logger.wandb.offline is True
+    assert "cannot reach 127.0.0.1:9" in caplog.text
 
 
 def test_wandb_runs_are_tagged_with_task_model_dataset() -> None:

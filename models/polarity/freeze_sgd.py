@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from experiments.errors import UserError
+from common.errors import UserError
 from models.polarity.sign_templates import Templates
 
 ResetRule = Callable[[Tensor, Tensor, float, torch.Generator | None], Tensor]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from experiments.errors import UserError
+from common.errors import UserError
 
 
 class PopulationLinear(nn.Module):

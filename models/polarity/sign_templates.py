@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from experiments.errors import UserError
+from common.errors import UserError
 
 Templates = dict[str, Tensor]
 

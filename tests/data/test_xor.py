@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data.xor import StackedBatchSampler, XorDataModule, make_xor
-from experiments.errors import UserError
+from common.errors import UserError
 
 
 def test_geometry_and_labels_match_the_paper() -> None:

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from experiments.aggregate import collect_records, compare, main, summarize
-from experiments.errors import UserError
-from experiments.stats import holm, mann_whitney, median_iqr
+from common.errors import UserError
+from experiments.stats import holm, mann_whitney, median_iqr, wilcoxon_paired
 
 
 def make_job(sweep: Path, name: str, overrides: list[str], metrics: dict[str, Any] | None,
@@ -55,9 +55,9 @@ def condition_sweep(tmp_path: Path) -> Path:
         records = []
         for seed in range(6):
             records.append({"condition": "freeze_informed", "seed": seed, "val_error": 0.1 + 0.01 * seed,
-                            "epochs_to_cutoff": None if seed == 0 else 10 + seed, "reached_cutoff": 1.0})
+                            "epochs_to_cutoff": None if seed == 0 else 10.0 + seed, "reached_cutoff": 1.0})
             records.append({"condition": "baseline", "seed": seed, "val_error": 0.5 + 0.01 * seed,
-                            "epochs_to_cutoff": 30 + seed, "reached_cutoff": 1.0})
+                            "epochs_to_cutoff": 30.0 + seed, "reached_cutoff": 1.0})
         make_job(sweep, f"nested/{i}", [f"dataset.n_train={n_train}"], {"mean/val_error": 0.3}, records)
     return sweep
 
@@ -130,13 +130,13 @@ def test_record_seed_wins_over_override(tmp_path: Path) -> None:
 
 def test_compare_separated_conditions_holm_adjusted_within_each_group(condition_sweep: Path) -> None:
     records = collect_records(condition_sweep)[0]
-    rows = compare(records, [("freeze_informed", "baseline")], ["val_error"])
+    rows = compare(records, [("condition", "freeze_informed", "baseline")], ["val_error"])
     assert len(rows) == 3  # one per group of the sweep
     for row in rows:
         assert row["p"] < 0.01
         assert row["p_holm"] == pytest.approx(row["p"])  # a family of one test per group
         assert row["diff_median"] == pytest.approx(-0.4)
-    two_metrics = compare(records, [("freeze_informed", "baseline")], ["val_error", "epochs_to_cutoff"])
+    two_metrics = compare(records, [("condition", "freeze_informed", "baseline")], ["val_error", "epochs_to_cutoff"])
     first_group = [r for r in two_metrics if r["dataset.n_train"] == 10]
     assert len(first_group) == 2  # Holm over this group's two tests, not the table's six
     smaller, larger = sorted(first_group, key=lambda r: r["p"])
@@ -211,3 +211,71 @@ def test_wandb_flag_logs_the_aggregate_as_an_offline_run(condition_sweep: Path, 
     runs = list((condition_sweep / "aggregate" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     assert list(runs[0].parent.glob("files/media/images/aggregate/*.png"))  # the plot went in as an image
+
+
+# ---------------------------------------------------------------- factors and the paired test
+
+
+@pytest.fixture
+def attack_sweep(tmp_path: Path) -> Path:
+    """Jobs over attack (an override) whose records carry two factors, `defense` and `attack_size` (an int),
+    5 seeds each; TCD lowers the hit ratio by ~0.1 with a seed-specific offset shared by both arms."""
+    sweep = tmp_path / "multirun"
+    for i, attack in enumerate(["random", "average"]):
+        records = []
+        for size in (1, 3):
+            for seed in range(5):
+                base = 0.1 * size + 0.05 * seed  # the seed moves both arms alike: pairing removes it
+                records.append({"defense": "none", "attack_size": size, "seed": seed, "hr": base + 0.1, "rmse": 1.0})
+                records.append({"defense": "tcd", "attack_size": size, "seed": seed, "hr": base + 0.01 * seed, "rmse": 1.2})
+        make_job(sweep, str(i), [f"attack={attack}", "experiment=tcd"], {"hr": 0.0}, records)
+    return sweep
+
+
+def test_str_and_int_record_fields_are_factors_floats_are_metrics(attack_sweep: Path) -> None:
+    records, _ = collect_records(attack_sweep)
+    rows = summarize(records, ["hr"])
+    combos = {(r["attack"], r["defense"], r["attack_size"]) for r in rows}
+    assert len(rows) == len(combos) == 2 * 2 * 2  # one row per factor combination
+    assert {r["metric"] for r in summarize(records)} == {"hr", "rmse"}  # attack_size (int) is not a metric
+    row = rows_for(rows, attack="average", defense="tcd", attack_size=3)[0]
+    assert row["runs"] == 5 and row["median"] == pytest.approx(0.3 + 0.1 + 0.01 * 2)
+
+
+def test_compare_on_a_factor_pairs_within_each_other_cell(attack_sweep: Path) -> None:
+    records, _ = collect_records(attack_sweep)
+    unpaired = compare(records, [("defense", "tcd", "none")], ["hr"])
+    paired = compare(records, [("defense", "tcd", "none")], ["hr"], paired=True)
+    assert len(unpaired) == len(paired) == 4  # attack x attack_size cells
+    for u, p in zip(unpaired, paired):
+        assert (u["attack"], u["attack_size"]) == (p["attack"], p["attack_size"])
+        assert u["test"] == "Mann-Whitney U" and p["test"].startswith("Wilcoxon")
+        assert u["diff_median"] == pytest.approx(-0.1 + 0.02, abs=1e-9)
+        assert p["n_a"] == p["n_b"] == 5
+        assert p["p"] == pytest.approx(0.0625)  # 5 pairs, all differences negative: 2 / 2**5
+        assert u["p"] > 0.05  # the seed spread hides the effect from the unpaired test
+
+
+def test_wilcoxon_pairs_by_seed_and_ignores_unmatched() -> None:
+    p, n = wilcoxon_paired({0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 5.0, 9: 0.0}, {0: 2.0, 1: 3.1, 2: 4.2, 3: 5.3, 4: 6.4})
+    assert n == 5 and p == pytest.approx(0.0625)
+    assert math.isnan(wilcoxon_paired({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})[0])  # no differences at all
+
+
+def test_cli_compare_factor_paired_names_the_test(attack_sweep: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(attack_sweep), "--metric", "hr", "--compare", "defense=tcd:none", "--paired"]) == 0
+    out = capsys.readouterr().out
+    assert "Wilcoxon signed-rank (paired by seed)" in out
+    assert "| attack | attack_size | condition | metric | factor | A | B |" in out
+    assert main([str(attack_sweep), "--compare", "defense=apr:none"]) == 2
+    assert "no defense value 'apr'" in capsys.readouterr().err
+
+
+def test_jobs_are_grouped_and_filtered_by_the_commit_that_produced_them(lr_sweep: Path, capsys) -> None:
+    for i, job in enumerate(sorted(p for p in lr_sweep.iterdir() if (p / "metrics.json").exists())):
+        commit = "a" * 40 if i < 3 else "b" * 40
+        (job / "provenance.json").write_text(json.dumps({"git_commit": commit, "git_dirty": i == 5}))
+    records, _ = collect_records(lr_sweep)
+    assert {r["git_commit"] for r in records} == {"a" * 12, "b" * 12, "b" * 12 + "+dirty"}
+    assert main([str(lr_sweep), "--where", f"git_commit={'a' * 12}", "--metric", "test/weighted_f1"]) == 0
+    assert "every job ran with model.lr=0.01, git_commit=aaaaaaaaaaaa" in capsys.readouterr().out

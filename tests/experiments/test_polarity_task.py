@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from experiments.runner import run_task
-from tests.conftest import CONF
+from tests.conftest import experiments_of_task
 
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = experiments_of_task("polarity")
 SMALL = {  # keep each experiment's smoke run to seconds on 2 CPU cores (MNIST's training files are not offline)
     "polarity_mnist_to_fashion": ["dataset.n_val=200", "polarity.source.dataset.name=digits",
                                   "polarity.source.dataset.n_train=300", "polarity.source.dataset.n_val=100"],
@@ -32,11 +32,13 @@ def test_fast_dev_run_of_every_experiment(experiment: str, make_config, data_dir
     run_task(cfg, tmp_path / "run")
     metrics = read_metrics(tmp_path / "run")
     conditions = list(cfg.polarity.conditions)
+    seeds = min(cfg.task.num_seeds, cfg.task.limit)  # debug=fast bounds the seeds through task.limit
+    assert seeds == min(2, cfg.task.num_seeds)
     for condition in conditions:
-        assert metrics[f"{condition}/runs"] == cfg.task.num_seeds
+        assert metrics[f"{condition}/runs"] == seeds
         assert 0.0 <= metrics[f"{condition}/val_error_median"] <= 1.0
     records = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
-    assert len(records) == len(conditions) * cfg.task.num_seeds
+    assert len(records) == len(conditions) * seeds
     assert (tmp_path / "run" / "plots" / "learning_curves.png").stat().st_size > 0
     assert "| condition |" in (tmp_path / "run" / "results.md").read_text()
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.errors import UserError
+from common.errors import UserError
 from models.polarity.freeze_sgd import RESET_RULES, SignConstraint
 from models.polarity.networks import PopulationMLP, SmallCNN
 from models.polarity.sign_templates import align_to_template, random_template

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiments.errors import UserError
+from common.errors import UserError
 from models.polarity.freeze_sgd import SignConstraint
 from models.polarity.networks import AlexNet, PopulationMLP, SmallCNN
 from models.polarity.sign_templates import align_to_template, make_template

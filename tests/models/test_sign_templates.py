@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.errors import UserError
+from common.errors import UserError
 from models.polarity.networks import PopulationMLP, SmallCNN
 from models.polarity.sign_templates import (
     align_to_template, constrained_parameters, load_matching, make_template, sign_of, transferred_names,

@@ -1,0 +1,104 @@
+"""Resume points that survive pre-emption: `last.ckpt` written during a fit, not only at its end.
+
+Lightning's ModelCheckpoint with `save_top_k: 0` writes `last.ckpt` only when the fit ends, so a job
+killed mid-fit (SLURM pre-emption, a time-out, a crash) lost everything. This callback writes
+`<dirpath>/last.ckpt` atomically every `every_n_epochs` epochs (at the end of the epoch, after
+validation, so a resume continues exactly) and every `every_n_minutes` of training (at a batch end;
+Lightning restarts such an epoch from its beginning). When SIGTERM, SIGUSR1 or SIGUSR2 arrives (how
+clusters announce pre-emption and time-outs) it saves at the next batch end and stops the process with
+exit status 128 + signal, so the scheduler can requeue it and the rerun resumes from that file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from common.errors import UserError
+
+log = logging.getLogger(__name__)
+PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+class ResumableCheckpoint(Callback):
+    """Atomic `last.ckpt` per epoch, per time interval and on pre-emption signals."""
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 1, every_n_minutes: float | None = 10.0,
+                 save_on_signals: bool = True, filename: str = "last.ckpt") -> None:
+        if every_n_epochs < 0:
+            raise UserError(f"callbacks.checkpoint.every_n_epochs={every_n_epochs} must be >= 0 (0 = only on time / signals)")
+        if every_n_minutes is not None and every_n_minutes <= 0:
+            raise UserError(f"callbacks.checkpoint.every_n_minutes={every_n_minutes} must be > 0 or null")
+        self.dirpath, self.filename = Path(dirpath), filename
+        self.every_n_epochs, self.every_n_minutes = int(every_n_epochs), every_n_minutes
+        self.save_on_signals = save_on_signals
+        self._last_save = time.monotonic()
+        self._signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / self.filename
+
+    def save(self, trainer: Any) -> None:
+        """All ranks call the trainer's save (a collective for sharded strategies); rank 0 renames."""
+        tmp = self.dirpath / f".{self.filename}.tmp"
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        self._last_save = time.monotonic()
+
+    # -- signals ---------------------------------------------------------------------------------
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._signal = signum
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)  # Lightning's own SIGTERM notifier and SLURM requeue handler still run
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._last_save = time.monotonic()
+        if not self.save_on_signals or threading.current_thread() is not threading.main_thread():
+            return
+        for name in PREEMPTION_SIGNALS:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    # -- saving ----------------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        if self._signal is not None:
+            signum = self._signal
+            self.save(trainer)
+            log.warning("received %s: saved %s; exiting so the job can be requeued", signal.Signals(signum).name, self.path)
+            raise SystemExit(128 + signum)
+        if self.every_n_minutes is not None and time.monotonic() - self._last_save >= 60 * self.every_n_minutes:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.save(trainer)
+        elif trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
+            self.save(trainer)  # the last epoch always leaves a resume point

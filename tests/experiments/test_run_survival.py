@@ -1,0 +1,162 @@
+"""Runs that survive: checkpoints during a fit, resume only into the same config, exclusive run dirs,
+stale results removed, and every bad value stopped in one line before any work."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.run_dir import RunDirLock
+from experiments.runner import run_task
+from tests.conftest import REPO, cli_env
+
+QUICK = ["logger=none", "trainer.enable_progress_bar=false", "task.num_seeds=2", "dataset.n_train=40"]
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "run.py", *QUICK, f"hydra.run.dir={run_dir}", *overrides],
+                            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_fit_killed_after_a_mid_fit_checkpoint_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    epochs = ["trainer.max_epochs=400"]
+    straight = start(tmp_path / "straight", *epochs)
+    assert straight.wait(300) == 0, straight.communicate()[1][-2000:]
+
+    victim = start(tmp_path / "killed", *epochs)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "population" / "last.ckpt"
+    wait_for(checkpoint, victim)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(60) == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "metrics.json").exists(), "the kill came after the fit ended; nothing was tested"
+
+    rerun = subprocess.run([sys.executable, "run.py", *QUICK, f"hydra.run.dir={tmp_path / 'killed'}", *epochs],
+                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "population: resuming from" in (tmp_path / "killed" / "run.log").read_text()
+    assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(tmp_path: Path) -> None:
+    process = start(tmp_path / "run", "trainer.max_epochs=100000", "callbacks.checkpoint.every_n_epochs=0",
+                    "callbacks.checkpoint.every_n_minutes=null")
+    wait_for(tmp_path / "run" / "run.log", process)
+    time.sleep(8)  # inside the fit by now (start-up is a few seconds)
+    assert not (tmp_path / "run" / "checkpoints" / "population" / "last.ckpt").exists()  # no periodic saves asked
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(120) == 128 + signal.SIGTERM
+    assert (tmp_path / "run" / "checkpoints" / "population" / "last.ckpt").is_file()
+    assert "received SIGTERM: saved" in (tmp_path / "run" / "run.log").read_text()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_resume_into_a_different_config_is_refused_naming_the_keys(make_config, tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    run_task(make_config(*QUICK, "trainer.max_epochs=3", "model.lr=0.03", output_dir=run_dir), run_dir)
+    first = read_metrics(run_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(make_config(*QUICK, "trainer.max_epochs=3", "model.lr=0.01", output_dir=run_dir), run_dir)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "another config (model.lr: 0.03 -> 0.01" in err and "ckpt_path=none" in err
+    assert not (run_dir / "metrics.json").exists()  # the old results no longer sit beside the new config
+    run_task(make_config(*QUICK, "trainer.max_epochs=3", "model.lr=0.01", "ckpt_path=none", output_dir=run_dir), run_dir)
+    assert read_metrics(run_dir) != first  # a fresh start, not the old checkpoint
+    assert list(tmp_path.glob("run/checkpoints.replaced-*"))  # the old checkpoints were moved aside, not mixed in
+    run_task(make_config(*QUICK, "trainer.max_epochs=3", "model.lr=0.01", "logger=csv", output_dir=run_dir), run_dir)
+
+
+def test_a_locked_run_dir_is_refused_in_one_line(make_config, tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = RunDirLock(run_dir)
+    lock.acquire()
+    try:
+        with pytest.raises(SystemExit):
+            run_task(make_config(*QUICK, output_dir=run_dir), run_dir)
+        err = capsys.readouterr().err
+        assert "is in use by pid" in err and err.count("\n") == 1
+    finally:
+        lock.release()
+    run_task(make_config(*QUICK, "trainer.max_epochs=2", output_dir=run_dir), run_dir)  # free again
+
+
+def test_a_validation_failure_in_a_finished_run_dir_leaves_no_stale_results(make_config, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_task(make_config(*QUICK, "trainer.max_epochs=2", output_dir=run_dir), run_dir)
+    assert (run_dir / "metrics.json").exists() and (run_dir / "records.jsonl").exists()
+    with pytest.raises(SystemExit):
+        run_task(make_config(*QUICK, "dataset.n_train=abc", output_dir=run_dir), run_dir)
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "records.jsonl").exists()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["seed=-1"], "seed=-1 must be >= 0"),
+    (["model.lr=-0.1"], "model.optimizer.lr=-0.1 (set by ${model.lr}) must be > 0"),
+    (["model.lr=nan"], "must be a finite number"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be >= 1"),
+    (["model=polarity_cnn", "dataset=fashion_mnist", "task.num_seeds=0"], "task.num_seeds=0 must be >= 1"),
+    (["task.num_seeds=0"], "task.num_seeds=0 must be >= 1"),
+    (["polarity.eps=-1"], "polarity.eps=-1 must be > 0"),
+    (["dataset.n_train=0"], "dataset.n_train=0"),
+])
+def test_bad_values_stop_in_one_line_before_any_work(overrides: list[str], message: str, make_config, tmp_path: Path,
+                                                     capsys) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_task(make_config("logger=csv", *overrides, output_dir=run_dir), run_dir)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Error in call to target" not in err
+    assert not (run_dir / "csv").exists() and not (run_dir / "metrics.json").exists()  # no logger run was started
+
+
+def test_a_source_checkpoint_of_another_architecture_is_refused(make_config, tmp_path: Path, capsys) -> None:
+    import torch
+
+    source = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, source)
+    with pytest.raises(SystemExit):
+        run_task(make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50",
+                             "dataset.n_val=100", "debug=fast", f"polarity.source.checkpoint={source}"), tmp_path / "run")
+    assert "no layer of the source network matches this network (0 of" in capsys.readouterr().err
+
+
+def test_a_directory_where_a_data_file_should_be_is_named_as_such(make_config, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    (root / "images" / "fashion-mnist" / "train-images-idx3-ubyte.gz").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        run_task(make_config("model=polarity_cnn", "dataset=fashion_mnist", f"paths.data_dir={root}", "debug=fast"),
+                 tmp_path / "run")
+    assert "is a directory, but a data file is expected there" in capsys.readouterr().err
+
+
+def test_keys_added_with_plus_are_warned_about(run_cli) -> None:
+    result = run_cli("+foo=1", "debug=fast")
+    assert result.returncode == 0, result.stderr
+    assert "+foo=1 adds a key that no config file declares" in result.stdout + result.stderr
+
+
+def test_default_run_dirs_are_unique_within_one_second() -> None:
+    from experiments.resolvers import run_id
+
+    assert run_id() != run_id()
