@@ -51,7 +51,7 @@ class ResumableCheckpoint(Callback):
         tmp = self.dirpath / f".{self.filename}.tmp"
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         self._last_save = time.monotonic()
@@ -71,6 +71,9 @@ class ResumableCheckpoint(Callback):
             signum = getattr(signal, name)
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
+        if trainer.is_global_zero:
+            log.info("checkpoints to %s: every %s epochs, every %s min, and on %s", self.path, self.every_n_epochs or "–",
+                     self.every_n_minutes or "–", "/".join(PREEMPTION_SIGNALS))
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._restore_handlers()

@@ -7,9 +7,10 @@ the user, and together it scrolls the results table away.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
-NOISE = ("litlogger", "srun` command is available", "is available on your system but is not used")
+NOISE = ("litlogger", "litmodels", "💡 Tip", "srun` command is available", "is available on your system but is not used")
 
 
 class DropNoise(logging.Filter):
@@ -19,8 +20,20 @@ class DropNoise(logging.Filter):
 
 
 def install() -> None:
+    os.environ.setdefault("WANDB_QUIET", "true")  # W&B keeps its warnings, drops the run-history dump after the table
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*pytree.*", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*srun.*is available.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.pytorch"):
         logging.getLogger(name).addFilter(DropNoise())
+
+
+def one_console_handler() -> None:
+    """Lightning adds its own console handler when it is imported before logging is configured; Hydra's
+    handlers already print (and file) every record, so each line would appear twice on the console."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True

@@ -136,6 +136,9 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
             ctx.write_resolved_config()
         from lightning import seed_everything
 
+        from experiments.quiet import one_console_handler
+
+        one_console_handler()
         seed_everything(cfg.seed, workers=True, verbose=False)
         status = "failed"
         try:

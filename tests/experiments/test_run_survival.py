@@ -37,7 +37,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 
 @pytest.mark.slow
 def test_a_fit_killed_after_a_mid_fit_checkpoint_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    epochs = ["trainer.max_epochs=400"]
+    epochs = ["trainer.max_epochs=150"]
     straight = start(tmp_path / "straight", *epochs)
     assert straight.wait(300) == 0, straight.communicate()[1][-2000:]
 
@@ -59,8 +59,12 @@ def test_a_fit_killed_after_a_mid_fit_checkpoint_resumes_to_the_uninterrupted_re
 def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(tmp_path: Path) -> None:
     process = start(tmp_path / "run", "trainer.max_epochs=100000", "callbacks.checkpoint.every_n_epochs=0",
                     "callbacks.checkpoint.every_n_minutes=null")
-    wait_for(tmp_path / "run" / "run.log", process)
-    time.sleep(8)  # inside the fit by now (start-up is a few seconds)
+    log_file = tmp_path / "run" / "run.log"
+    wait_for(log_file, process)
+    deadline = time.monotonic() + 180
+    while "and on SIGTERM/SIGUSR1/SIGUSR2" not in log_file.read_text():  # the fit has started: handlers are in place
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
     assert not (tmp_path / "run" / "checkpoints" / "population" / "last.ckpt").exists()  # no periodic saves asked
     process.send_signal(signal.SIGTERM)
     assert process.wait(120) == 128 + signal.SIGTERM
@@ -73,6 +77,7 @@ def test_resume_into_a_different_config_is_refused_naming_the_keys(make_config, 
     run_dir = tmp_path / "run"
     run_task(make_config(*QUICK, "trainer.max_epochs=3", "model.lr=0.03", output_dir=run_dir), run_dir)
     first = read_metrics(run_dir)
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         run_task(make_config(*QUICK, "trainer.max_epochs=3", "model.lr=0.01", output_dir=run_dir), run_dir)
     err = capsys.readouterr().err
@@ -90,6 +95,7 @@ def test_a_locked_run_dir_is_refused_in_one_line(make_config, tmp_path: Path, ca
     run_dir.mkdir()
     lock = RunDirLock(run_dir)
     lock.acquire()
+    capsys.readouterr()
     try:
         with pytest.raises(SystemExit):
             run_task(make_config(*QUICK, output_dir=run_dir), run_dir)

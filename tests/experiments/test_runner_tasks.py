@@ -163,3 +163,43 @@ def test_task_result_coerces_numpy_and_torch_scalars_where_they_are_added() -> N
     with pytest.raises(TypeError, match="a/z"):
         TaskResult(metrics={"a/z": np.zeros(3)})
     assert OmegaConf  # imported for the configs above
+
+
+def test_a_source_data_set_error_names_the_source_key_not_the_target(make_config, tmp_path: Path, capsys) -> None:
+    """digits has ~1,400 training images: the source's default 10,000 (classes 0-4, half the pool) is what
+    is too many, so the message must name polarity.source.dataset.n_train, not dataset.n_train."""
+    with pytest.raises(SystemExit):
+        from experiments.runner import run_task
+
+        run_task(make_config("model=polarity_cnn", "dataset=digits", "polarity=transfer", "dataset.n_train=100",
+                             "dataset.pool=[0.5,1.0]", "debug=fast"), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "polarity.source.dataset.n_train=10000 must be between 1 and the training pool size" in err
+    assert "lower polarity.source.dataset.n_train" in err
+
+
+def test_ranks_of_one_launch_share_a_run_dir_name(monkeypatch) -> None:
+    from experiments.resolvers import run_id
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc123")
+    assert run_id() == run_id() == "torchrun_abc123"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun without --rdzv-id: nothing shared to use
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    assert run_id() == "slurm_77_0"
+    monkeypatch.setenv("FIVEFOLD_RUN_ID", "mine")
+    assert run_id() == "mine"
+
+
+def test_global_rank_reads_the_launcher_environment_without_lightning(monkeypatch) -> None:
+    import experiments.run_context as run_context
+
+    monkeypatch.setattr(run_context.sys, "modules", {k: v for k, v in run_context.sys.modules.items()
+                                                    if not k.startswith(("torch", "lightning"))})
+    monkeypatch.setenv("RANK", "3")
+    assert run_context.global_rank() == 3 and not run_context.is_global_zero()
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert run_context.is_global_zero()
