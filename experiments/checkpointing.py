@@ -5,8 +5,11 @@ killed mid-fit (SLURM pre-emption, a time-out, a crash) lost everything. This ca
 `<dirpath>/last.ckpt` atomically every `every_n_epochs` epochs (at the end of the epoch, after
 validation, so a resume continues exactly) and every `every_n_minutes` of training (at a batch end;
 Lightning restarts such an epoch from its beginning). When SIGTERM, SIGUSR1 or SIGUSR2 arrives (how
-clusters announce pre-emption and time-outs) it saves at the next batch end and stops the process with
-exit status 128 + signal, so the scheduler can requeue it and the rerun resumes from that file.
+clusters announce pre-emption and time-outs) it stops the process with exit status 128 + signal, so the
+scheduler can requeue it: in an epoch's last batch it first saves at that epoch's end (exact); mid-epoch
+it keeps the last epoch-end `last.ckpt` (exact resume, at most one epoch repeated), since Lightning
+restarts an interrupted epoch's data loader from its first batch; only with `every_n_epochs=0` does it
+save mid-epoch.
 """
 from __future__ import annotations
 
@@ -87,13 +90,25 @@ class ResumableCheckpoint(Callback):
         self._previous.clear()
 
     # -- saving ----------------------------------------------------------------------------------
+    def _save_and_exit(self, trainer: Any) -> None:
+        signum = self._signal
+        self.save(trainer)
+        log.warning("received %s: saved %s; exiting so the job can be requeued", signal.Signals(signum).name, self.path)
+        raise SystemExit(128 + signum)
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         if self._signal is not None:
+            if _last_batch_of_epoch(trainer):
+                return  # on_train_epoch_end saves (after validation) and exits: an exact resume point
+            if self.every_n_epochs == 0:  # no epoch-end checkpoints asked for: keep what this epoch did
+                self._save_and_exit(trainer)
+            # Mid-epoch, keep the last epoch-end last.ckpt: Lightning restarts an interrupted epoch's (not
+            # resumable) data loader from its first batch, so a mid-epoch save would not resume exactly.
             signum = self._signal
-            self.save(trainer)
-            log.warning("received %s: saved %s; exiting so the job can be requeued", signal.Signals(signum).name, self.path)
+            log.warning("received %s mid-epoch: exiting so the job can be requeued; it resumes from %s",
+                        signal.Signals(signum).name, self.path)
             raise SystemExit(128 + signum)
         if self.every_n_minutes is not None and time.monotonic() - self._last_save >= 60 * self.every_n_minutes:
             self.save(trainer)
@@ -101,7 +116,15 @@ class ResumableCheckpoint(Callback):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
+        if self._signal is not None:
+            self._save_and_exit(trainer)
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.save(trainer)
         elif trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
             self.save(trainer)  # the last epoch always leaves a resume point
+
+
+def _last_batch_of_epoch(trainer: Any) -> bool:
+    """Whether the batch that just ended was the epoch's last (Lightning then runs the epoch end, even after
+    a SIGTERM, before it stops)."""
+    return bool(trainer.fit_loop.epoch_loop._num_ready_batches_reached())
