@@ -40,10 +40,15 @@ def test_every_experiment_composes_against_its_own_task(experiment: str) -> None
         assert (group in cfg) == (cfg.task.name == group), group
 
 
-@pytest.mark.parametrize("group", ["task", "model", "dataset", "polarity", "trainer", "logger", "callbacks"])
+TASK_GROUPS = {"polarity": "polarity", "saliency": "memorability", "cropping": "memorability", "attack": "recsys",
+               "defense": "recsys", "erc": "erc", "cqil": "cqil"}  # groups that only their own task's defaults list
+
+
+@pytest.mark.parametrize("group", ["task", "model", "dataset", *TASK_GROUPS, "trainer", "logger", "callbacks"])
 def test_every_option_of_every_group_composes(group: str) -> None:
+    task = [f"task={TASK_GROUPS[group]}"] if group in TASK_GROUPS else []
     for option in options(group):
-        composed(f"{group}={option}")
+        composed(*task, f"{group}={option}")
 
 
 def test_the_default_is_the_quick_xor_experiment() -> None:
