@@ -41,7 +41,9 @@ def filter_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int
 
 
 def pool_indices(n: int, pool: tuple[float, float], key: str = "dataset") -> np.ndarray:
-    """Indices in the fraction range ``pool`` of a fixed permutation, so adjacent ranges are disjoint."""
+    """Indices in the fraction range ``pool`` of a fixed permutation, so adjacent ranges are disjoint.
+    ``n`` is the size of the whole official split (before any class filter), so that pools of modules
+    with different ``classes`` are ranges of the same permutation and stay disjoint image for image."""
     low, high = pool
     if not 0.0 <= low < high <= 1.0:
         raise UserError(f"{key}.pool={list(pool)} must satisfy 0 <= low < high <= 1")
@@ -138,6 +140,7 @@ class _Prepared:
     train_images: torch.Tensor
     train_labels: torch.Tensor
     train_idx: np.ndarray
+    train_rows: np.ndarray  # rows of the training subset in the official, unfiltered training split
     test_images: torch.Tensor
     test_labels: torch.Tensor
     val_idx: np.ndarray
@@ -173,6 +176,7 @@ class ImageDataModule(L.LightningDataModule):
         self.resize = None if resize is None else int(resize)
         self.num_workers, self.download = int(num_workers), bool(download)
         self._raw: dict[str, Arrays] = {}
+        self._rows: dict[str, tuple[np.ndarray, int]] = {}  # kept rows of the official split, its full size
         self._data: _Prepared | None = None
 
     def _split(self, split: str) -> Arrays:
@@ -180,6 +184,8 @@ class ImageDataModule(L.LightningDataModule):
         if split not in self._raw:
             images, labels = load_images(self.name, self.root, split, download=self.download)
             self._raw[split] = filter_classes(images, labels, self.classes, self.config_key)
+            kept = np.arange(len(labels)) if self.classes is None else np.nonzero(np.isin(labels, self.classes))[0]
+            self._rows[split] = (kept, len(labels))
         return self._raw[split]
 
     def prepare_data(self) -> None:
@@ -195,14 +201,24 @@ class ImageDataModule(L.LightningDataModule):
         train_x, train_y = self._split("train")
         test_x, test_y = self._split("test")
         train_images, test_images = to_nchw(train_x), to_nchw(test_x)
-        pool = pool_indices(len(train_y), self.pool, self.config_key)
+        pool = self._pool_positions()
         train_idx = pool[stratified_subset(train_y[pool], self.n_train, self.subset_seed, self.config_key)]
         mean, std = channel_stats(train_images[torch.from_numpy(np.sort(pool))])
         val_idx, test_idx = eval_split(len(test_y), self.n_val, self.config_key)
         num_classes = len(self.classes) if self.classes else int(max(train_y.max(), test_y.max())) + 1
-        self._data = _Prepared(train_images, torch.from_numpy(train_y), train_idx, test_images,
+        self._data = _Prepared(train_images, torch.from_numpy(train_y), train_idx, self._rows["train"][0][train_idx], test_images,
                                torch.from_numpy(test_y), val_idx, test_idx, NormaliseCollate(mean, std, self.resize),
                                num_classes)
+
+    def _pool_positions(self) -> np.ndarray:
+        """Positions (in the class-filtered training arrays) of the images in ``pool``. The pool is cut from
+        the unfiltered split and then filtered, so a source on classes 0-4 from [0, 0.5] and a target on
+        all classes from [0.5, 1] never share an image (cutting after filtering would mix them)."""
+        kept, total = self._rows["train"]
+        position = np.full(total, -1, dtype=np.int64)
+        position[kept] = np.arange(len(kept))
+        pool = position[pool_indices(total, self.pool, self.config_key)]
+        return pool[pool >= 0]
 
     @property
     def prepared(self) -> _Prepared:

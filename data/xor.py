@@ -1,6 +1,8 @@
 """XOR-5D (paper Sec. 3.1): two informative dims in four unit squares separated by a gap, plus
-Gaussian distractors. One independent draw per seed, served as stacked (seeds, batch, dims) tensors so
-a population of networks trains on its own data in one pass."""
+Gaussian distractors. Served as stacked (seeds, batch, dims) tensors so a population of networks trains
+on its own data in one pass. `data_seed` chooses between the reference's protocol (one fixed train /
+validation draw for every run of a job, only the init varies: `data_seed=<int>`) and an independent
+draw per seed (`data_seed=null`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -72,14 +74,18 @@ class StackedBatchSampler(Sampler[Tensor]):
 
 
 class XorDataModule(pl.LightningDataModule):
-    """XOR-5D train/validation sets, one independent draw per entry of `seeds`."""
+    """XOR-5D train/validation sets for each entry of `seeds`: all the same draw (seeded by `data_seed`,
+    the reference code's one data set per N) or, with `data_seed=None`, one independent draw per seed.
+    Batch order is shuffled per seed either way."""
 
     def __init__(self, seeds: Sequence[int] = (0,), n_train: int = 60, n_val: int = 1000, distractors: int = 3,
-                 gap: float = 0.05, batch_size: int = 32, eval_batch_size: int = 250, name: str = "xor5d") -> None:
+                 gap: float = 0.05, batch_size: int = 32, eval_batch_size: int = 250, name: str = "xor5d",
+                 data_seed: int | None = None) -> None:
         super().__init__()
         if n_train < 1 or n_val < 1 or batch_size < 1:
             raise UserError(f"dataset.n_train={n_train}, n_val={n_val}, batch_size={batch_size} must all be >= 1")
         self.seeds = [int(s) for s in seeds]
+        self.data_seed = None if data_seed is None else int(data_seed)
         self.n_train, self.n_val, self.distractors, self.gap = n_train, n_val, distractors, gap
         self.batch_size, self.eval_batch_size, self.name = batch_size, eval_batch_size, name
         self.train: StackedBatches | None = None
@@ -94,10 +100,15 @@ class XorDataModule(pl.LightningDataModule):
         if self.train is not None:
             return
         train, val = [], []
+        draws: dict[int, tuple] = {}
         for seed in self.seeds:
-            generator = torch.Generator().manual_seed(seed)
-            train.append(make_xor(self.n_train, generator, self.distractors, self.gap))
-            val.append(make_xor(self.n_val, generator, self.distractors, self.gap))
+            key = seed if self.data_seed is None else self.data_seed
+            if key not in draws:
+                generator = torch.Generator().manual_seed(key)
+                draws[key] = (make_xor(self.n_train, generator, self.distractors, self.gap),
+                              make_xor(self.n_val, generator, self.distractors, self.gap))
+            train.append(draws[key][0])
+            val.append(draws[key][1])
         self.train = StackedBatches(torch.stack([x for x, _ in train]), torch.stack([y for _, y in train]))
         self.val = StackedBatches(torch.stack([x for x, _ in val]), torch.stack([y for _, y in val]))
 

@@ -4,9 +4,11 @@ non-negative networks (arXiv 2208.03211).
 One job trains every condition of `cfg.polarity.conditions` for `cfg.task.num_seeds` seeds. Runs of
 one seed share their initial weights and training data, so conditions are compared pairwise. A network
 that supports populations (the XOR MLP) trains all runs in one Lightning fit; other networks train one
-fit per (seed, condition). Metrics follow the paper: validation error at the epoch of minimum
-validation loss, epochs until validation accuracy first reaches `cfg.task.cutoff`, and the fraction of
-runs reaching it; medians and IQR over seeds, Mann-Whitney U between named pairs (Holm-corrected).
+fit per (seed, condition). Metrics follow the paper: validation error at the first epoch of minimum
+validation loss, epochs until validation accuracy first exceeds `cfg.task.cutoff` (censored at
+max_epochs + 1 for runs that never do), and the fraction of runs exceeding it; medians and IQR over
+seeds, Wilcoxon signed-rank (paired by seed) and Mann-Whitney U between named pairs, each Holm-corrected.
+Weights that disagree with their template start aligned by `polarity.align` (flip | reset).
 """
 from __future__ import annotations
 
@@ -72,15 +74,24 @@ def build_network(cfg: DictConfig, datamodule, **extra) -> nn.Module:
     return instantiate(cfg.model.network, **datamodule.network_kwargs, **extra)
 
 
+ALIGNMENTS = ("flip", "reset")
+# Seeds the `reset` alignment's posRand draws apart from the constraint's own stream (same seed otherwise).
+ALIGN_SEED_OFFSET = 7_919
+
+
 def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_state: Mapping[str, Tensor] | None,
-                 eps: float, seed: int, constrain_new_layers: bool = True) -> list[SignConstraint]:
+                 eps: float, seed: int, constrain_new_layers: bool = True, align: str = "flip") -> list[SignConstraint]:
     """Set initial weights for each run and return the Freeze-SGD constraints.
 
     `conditions[r]` is run r's condition; for a population network the runs are its leading axis,
     otherwise there is exactly one run. Templates are computed on the fresh weights (so random
-    templates are the run's own init signs), weights are aligned to them (|W| * S), IN-Weight runs copy
+    templates are the run's own init signs); weights that disagree with their template are then
+    aligned: `flip` (W <- |W| * S, the CV reference) or `reset` (the condition's reset rule, as the XOR
+    reference's on_train_begin does: posRand leaves them at S * U(0, eps)). IN-Weight runs then copy
     the source weights, and frozen runs get a constraint (entries of unfrozen runs are 0 = free).
     """
+    if align not in ALIGNMENTS:
+        raise UserError(f"polarity.align={align!r} must be one of {ALIGNMENTS}")
     population = getattr(network, "population", False)
     if source_state is not None:
         check_transfer(network, source_state)
@@ -97,8 +108,12 @@ def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_sta
             stacked[name] = torch.stack(rows) if population else rows[0]
         return stacked
 
-    init_templates = per_run(lambda c, t: t)
-    align_to_template(network, init_templates)
+    if align == "flip":
+        align_to_template(network, per_run(lambda c, t: t))
+    else:
+        for reset in dict.fromkeys(c.reset for c in conditions):
+            templates = per_run(lambda c, t: t if c.reset == reset else torch.zeros_like(t))
+            SignConstraint(templates, reset=reset, eps=eps, seed=seed + ALIGN_SEED_OFFSET).project_(network)
     if any(c.init == "source" for c in conditions):
         if population:
             raise UserError("init: source (IN-Weight) is not supported for population networks")
@@ -164,6 +179,18 @@ def source_dataset_config(cfg: DictConfig) -> DictConfig:
     return merged
 
 
+def check_disjoint_pools(cfg: DictConfig) -> None:
+    """A source trained on the target's own data set must not have seen the target's training pool
+    (the paper's source is ImageNet, disjoint from the target task). Pools are fraction ranges of one
+    fixed permutation, so disjoint ranges give disjoint images (data.images.pool_indices)."""
+    if "_target_" in cfg.polarity.source.dataset:
+        return  # another data set (e.g. MNIST -> Fashion-MNIST): nothing to overlap
+    source, target = source_dataset_config(cfg).get("pool", (0.0, 1.0)), cfg.dataset.get("pool", (0.0, 1.0))
+    if max(float(source[0]), float(target[0])) < min(float(source[1]), float(target[1])):
+        raise UserError(f"dataset.pool={list(target)} overlaps polarity.source.dataset.pool={list(source)}: the target "
+                        "would train on images the source saw; use adjacent ranges, e.g. [0.0, 0.5] and [0.5, 1.0]")
+
+
 def _accepts_config_key(node: DictConfig) -> bool:
     return "config_key" in inspect.signature(get_class(node._target_)).parameters
 
@@ -190,9 +217,13 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     pcfg, cutoff = cfg.polarity, float(cfg.task.cutoff)
     conditions = parse_conditions(pcfg)
     seeds = [cfg.seed * int(cfg.task.num_seeds) + i for i in range(ctx.limit(cfg.task.num_seeds))]
+    align = str(pcfg.get("align", "flip"))
+    if align not in ALIGNMENTS:
+        raise UserError(f"polarity.align={align!r} must be one of {ALIGNMENTS}")
     needs_source = any(c.template == "transfer" or c.init == "source" for c in conditions)
     if needs_source and not pcfg.source.get("checkpoint"):
         check_target_node(source_dataset_config(cfg), "polarity.source.dataset")
+        check_disjoint_pools(cfg)
     source_state, extra_metrics = train_source(cfg, ctx) if needs_source else (None, {})
     constrain_new = bool(pcfg.get("freeze_new_layers", True))
 
@@ -211,7 +242,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         runs = [(c, s) for c in conditions for s in seeds]
         datamodule = instantiate(cfg.dataset, seeds=seeds)
         network = build_network(cfg, datamodule, num_runs=len(runs), init_seeds=[s for _, s in runs])
-        constraints = prepare_runs(network, [c for c, _ in runs], source_state, pcfg.eps, cfg.seed, constrain_new)
+        constraints = prepare_runs(network, [c for c, _ in runs], source_state, pcfg.eps, cfg.seed, constrain_new, align)
         data_index = [seeds.index(s) for _, s in runs]
         collect(fit(cfg, ctx, "population", network, datamodule, constraints, [c.name for c, _ in runs], data_index), runs)
     else:
@@ -221,7 +252,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
             for condition in conditions:
                 torch.manual_seed(seed)  # same fresh init for every condition of this seed
                 network = build_network(cfg, datamodule)
-                constraints = prepare_runs(network, [condition], source_state, pcfg.eps, seed, constrain_new)
+                constraints = prepare_runs(network, [condition], source_state, pcfg.eps, seed, constrain_new, align)
                 module = fit(cfg, ctx, f"{condition.name}_seed{seed}", network, datamodule, constraints, [condition.name])
                 collect(module, [(condition, seed)])
 
@@ -229,7 +260,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     metrics, table = summarize_conditions(records, [c.name for c in conditions], pairs, cutoff)
     metrics.update(extra_metrics)
     ctx.save_figure(learning_curve_figure(curves, cutoff, title=f"{cfg.dataset.name}, {cfg.model.name}"), "learning_curves")
+    epochs = int(cfg.trainer.get("max_epochs") or 1)
+    data = ("one train/validation draw for all runs (dataset.data_seed)" if cfg.dataset.get("data_seed") is not None
+            else "one train/validation draw per seed") if "data_seed" in cfg.dataset else "training subset seeded per seed"
     header = (f"### Polarity: {cfg.dataset.name}, {cfg.model.name}, {len(seeds)} seeds per condition\n\n"
-              f"Validation error at the epoch of minimum validation loss; epochs until validation accuracy "
-              f"first reaches {cutoff:g} (among runs that reach it).\n\n")
+              f"Validation error at the first epoch of minimum validation loss; epochs until validation accuracy "
+              f"first exceeds {cutoff:g} (strictly, as the reference), runs that never do counted as censored at "
+              f"max_epochs + 1 = {epochs + 1}. Initial alignment: {align}. Data: {data}.\n\n")
     return TaskResult(metrics=metrics, table=header + table, records=records)

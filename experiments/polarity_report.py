@@ -10,7 +10,7 @@ import numpy as np
 from common.errors import UserError
 from experiments.aggregate import compare, summarize
 
-SUMMARIZED_METRICS = ("val_error", "epochs_to_cutoff", "best_epoch")
+SUMMARIZED_METRICS = ("val_error", "epochs_to_cutoff", "epochs_to_cutoff_reached", "best_epoch")
 COMPARED_METRICS = ("val_error", "epochs_to_cutoff")
 
 
@@ -31,7 +31,7 @@ def summarize_conditions(records: Sequence[dict[str, Any]], conditions: Sequence
     for row in summarize(records, [m for m in SUMMARIZED_METRICS if any(m in r for r in records)]):
         for stat in ("median", "q25", "q75"):
             metrics[f"{row['condition']}/{row['metric']}_{stat}"] = row[stat]
-    rows = ["| condition | runs | val error median [IQR] | epochs to cutoff median [IQR] | reached cutoff | best val acc min / max |",
+    rows = ["| condition | runs | val error median [IQR] | epochs to cutoff (censored) median [IQR] | reached cutoff | best val acc min / max |",
             "|---|---|---|---|---|---|"]
     for name in conditions:
         runs = [r for r in records if r["condition"] == name]
@@ -58,8 +58,10 @@ def summarize_conditions(records: Sequence[dict[str, Any]], conditions: Sequence
             metrics[f"{key}_wilcoxon_p"], metrics[f"{key}_wilcoxon_p_holm"] = w["p"], w["p_holm"]
             comparison_rows.append(f"| {u['a']} | {u['b']} | {u['metric']} | {_fmt(u['diff_median'])} | "
                                    f"{_fmt(w['p'])} | {_fmt(w['p_holm'])} | {_fmt(u['p'])} | {_fmt(u['p_holm'])} |")
-        table += ("\n\nConditions of one seed share initial weights and data, so the paired test applies; Holm "
-                  f"over the {len(unpaired)} tests of this table (each test family separately).\n\n" + "\n".join(comparison_rows))
+        counted = sum(not math.isnan(w["p"]) for w in paired)
+        table += ("\n\nConditions of one seed share initial weights and data, so the paired test applies; Holm over "
+                  f"this table's {len(unpaired)} pairs x metrics, each test family separately (Wilcoxon: {counted} "
+                  "counted; a test with no non-zero difference is NaN and not counted).\n\n" + "\n".join(comparison_rows))
     return metrics, table
 
 

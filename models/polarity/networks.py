@@ -87,8 +87,63 @@ class SmallCNN(nn.Module):
         return self.head(self.classifier(self.features(x)))
 
 
-class AlexNet(nn.Module):
-    """AlexNet as in the paper (5 conv, fc4096 x2, fc1000, then a class head), widths x width_mult."""
+def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class AlexNetPaper(nn.Module):
+    """AlexNet as in the paper's reference code (Keras, after Krizhevsky et al. 2012): conv 96-11/4 (valid),
+    pool 3/2, conv 256-5, pool, conv 384-3, 384-3, 256-3, pool, fc6 4096, dropout, fc7 4096, dropout,
+    fc8 1000 (ReLU), class head; widths x width_mult. Init as Keras there: conv kernels Glorot-normal
+    (truncated at 2 std, Keras' GlorotNormal), fc6-8 Glorot-uniform, head TruncatedNormal(0, 0.25), all
+    biases 0. At 227 px the last feature map is 6 x 6 (no adaptive pooling, no padding in conv1)."""
+
+    MIN_SIZE = 67  # smallest input whose last pooling stage still has one pixel
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 227,
+                 width_mult: float = 1.0, dropout: float = 0.5) -> None:
+        super().__init__()
+        size = _conv_out(_conv_out(_conv_out(_conv_out(image_size, 11, 4), 3, 2), 3, 2), 3, 2)
+        if size < 1:
+            raise UserError(f"AlexNetPaper needs images of at least {self.MIN_SIZE} px, got {image_size}: "
+                            "set dataset.resize=227 (the paper's)")
+        c = [max(1, round(w * width_mult)) for w in (96, 256, 384, 384, 256)]
+        fc = max(1, round(4096 * width_mult))
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c[0], 11, stride=4), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(c[0], c[1], 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c[4] * size * size, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(fc, 1000), nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(1000, num_classes)
+        self._keras_init_()
+
+    @torch.no_grad()
+    def _keras_init_(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
+                std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978  # Keras: truncated-normal stddev
+                nn.init.trunc_normal_(module.weight, 0.0, std, -2 * std, 2 * std)
+            elif isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.head.weight, 0.0, 0.25, -0.5, 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.classifier(self.features(x)))
+
+
+class AlexNetTorchvision(nn.Module):
+    """AlexNet with torchvision's layout (NOT the paper's): widths 64/192/384/256/256, conv1 padding 2,
+    adaptive 6 x 6 pooling, dropout before fc6 and fc7, PyTorch default init; plus fc 1000 and a class
+    head as in the paper. Kept as `model=polarity_alexnet_tv` (smaller, accepts inputs from 63 px)."""
 
     MIN_SIZE = 63
 
@@ -96,7 +151,7 @@ class AlexNet(nn.Module):
                  width_mult: float = 1.0, dropout: float = 0.5) -> None:
         super().__init__()
         if image_size < self.MIN_SIZE:
-            raise UserError(f"AlexNet needs images of at least {self.MIN_SIZE} px, got {image_size}: set dataset.resize=227 (the paper's)")
+            raise UserError(f"AlexNetTorchvision needs images of at least {self.MIN_SIZE} px, got {image_size}: set dataset.resize=227 (the paper's)")
         c = [max(1, round(w * width_mult)) for w in (64, 192, 384, 256, 256)]
         fc = max(1, round(4096 * width_mult))
         self.features = nn.Sequential(

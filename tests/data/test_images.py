@@ -185,6 +185,18 @@ def test_adjacent_pools_are_disjoint(mnist_root: Path) -> None:
     assert len(first) == len(second) == 100 and not first & second
 
 
+def test_adjacent_pools_stay_disjoint_when_one_module_keeps_fewer_classes(mnist_root: Path) -> None:
+    """The transfer source (classes 0-4, first half) and target (all classes, second half): the pool is cut
+    from the unfiltered split, so no image is in both (cutting after the class filter mixed them)."""
+    source = make_dm(mnist_root, pool=(0.0, 0.5), classes=[0, 1, 2, 3, 4])
+    target = make_dm(mnist_root, pool=(0.5, 1.0))
+    first, second = image_bytes(source.train_dataloader()), image_bytes(target.train_dataloader())
+    assert first and second and not first & second
+    assert not set(source.prepared.train_rows.tolist()) & set(target.prepared.train_rows.tolist())
+    everything = make_dm(mnist_root, pool=(0.0, 1.0), classes=[0, 1, 2, 3, 4])
+    assert set(source.prepared.train_rows.tolist()) < set(everything.prepared.train_rows.tolist())
+
+
 def test_subset_depends_only_on_subset_seed(mnist_root: Path) -> None:
     a = image_bytes(make_dm(mnist_root, n_train=30, subset_seed=1).train_dataloader())
     b = image_bytes(make_dm(mnist_root, n_train=30, subset_seed=1).train_dataloader())

@@ -59,3 +59,25 @@ def test_shuffle_depends_only_on_seed_and_epoch() -> None:
 def test_bad_sizes_are_user_errors() -> None:
     with pytest.raises(UserError, match="n_train=0"):
         XorDataModule(n_train=0)
+
+
+def test_a_fixed_data_seed_gives_every_run_the_same_draw_and_null_one_per_seed() -> None:
+    fixed = XorDataModule(seeds=[3, 4, 5], n_train=20, n_val=30, data_seed=7)
+    per_seed = XorDataModule(seeds=[3, 4, 5], n_train=20, n_val=30, data_seed=None)
+    fixed.setup(), per_seed.setup()
+    for s in (1, 2):
+        assert torch.equal(fixed.train.x[s], fixed.train.x[0]) and torch.equal(fixed.val.y[s], fixed.val.y[0])
+        assert not torch.equal(per_seed.train.x[s], per_seed.train.x[0])
+    other = XorDataModule(seeds=[3], n_train=20, n_val=30, data_seed=8)
+    other.setup()
+    assert not torch.equal(other.train.x[0], fixed.train.x[0])  # the data seed chooses the draw
+    # batch order is still shuffled per run seed
+    order = next(iter(fixed._loader(fixed.train, 8, shuffle=True).sampler))
+    assert not torch.equal(order[0], order[1])
+
+
+def test_xor_experiments_default_to_the_reference_one_draw_per_job(make_config) -> None:
+    for experiment in ("polarity_xor", "polarity_xor_sweep", "nonneg_xor"):
+        cfg = make_config(f"experiment={experiment}", "seed=3")
+        assert cfg.dataset.data_seed == 3
+    assert make_config("dataset.data_seed=null").dataset.data_seed is None

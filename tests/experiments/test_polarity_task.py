@@ -17,7 +17,7 @@ SMALL = {  # keep each experiment's smoke run to seconds on 2 CPU cores (MNIST's
                                   "polarity.source.dataset.n_train=300", "polarity.source.dataset.n_val=100"],
     "polarity_fashion_mnist": ["dataset.n_val=200", "polarity.source.dataset.n_train=500"],
     "polarity_fashion_mnist_alexnet": ["dataset.n_val=200", "polarity.source.dataset.n_train=500",
-                                        "model.network.width_mult=0.05", "dataset.resize=64", "dataset.batch_size=8",
+                                        "model.network.width_mult=0.05", "dataset.resize=67", "dataset.batch_size=8",
                                         "dataset.eval_batch_size=50", "trainer.accelerator=cpu"],
 }
 
@@ -54,6 +54,7 @@ def test_nonnegative_nets_cannot_solve_xor_but_unconstrained_ones_do(make_config
     assert {r["condition"] for r in records} == {"nonneg", "unconstrained"}
 
 
+@pytest.mark.slow  # source + 6 conditions x 15 epochs
 def test_polarity_transfer_on_real_digits(make_config, tmp_path: Path) -> None:
     """Source: digits 0-4 from half the pool; target: all 10 digits from the other half."""
     cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=200", "dataset.n_val=150",
@@ -68,6 +69,7 @@ def test_polarity_transfer_on_real_digits(make_config, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "source_network.pt").is_file()
     assert (tmp_path / "run" / "checkpoints" / "freeze_in_pol_seed0" / "last.ckpt").is_file()
     assert "freeze_in_pol_vs_fluid_in_pol/val_error_mwu_p" in metrics
+    assert "freeze_in_weight_vs_in_weight/val_error_wilcoxon_p" in metrics
 
 
 def test_the_source_can_be_another_data_set(make_config, tmp_path: Path) -> None:
@@ -124,7 +126,7 @@ def test_ckpt_path_as_a_run_dir_resumes_each_fit_and_a_single_file_is_refused_fo
     with caplog.at_level(logging.INFO, logger="experiments.polarity"):
         run_task(make_config(*common, "trainer.max_epochs=2", f"ckpt_path={first}", output_dir=tmp_path / "second"),
                  tmp_path / "second")
-    assert caplog.text.count("resuming from") == 6  # the source and each of the 5 conditions
+    assert caplog.text.count("resuming from") == 7  # the source and each of the 6 conditions
     with pytest.raises(SystemExit):
         run_task(make_config(*common, f"ckpt_path={first / 'checkpoints' / 'source' / 'last.ckpt'}",
                              output_dir=tmp_path / "third"), tmp_path / "third")
@@ -165,3 +167,80 @@ def test_source_network_does_not_share_the_target_runs_init(make_config, tmp_pat
     # one fast_dev_run step moves weights by ~lr; an identical init would agree almost everywhere in sign
     agreement = (torch.sign(source["features.0.weight"]) == torch.sign(target.features[0].weight)).float().mean()
     assert agreement < 0.8
+
+
+def _capture_initial_networks(monkeypatch) -> dict[str, dict]:
+    """Wrap the task's `fit` to keep each fit's network state as training starts."""
+    import experiments.polarity as polarity
+
+    captured: dict[str, dict] = {}
+    original = polarity.fit
+
+    def spy(cfg, ctx, fit_name, network, *args, **kwargs):
+        captured[fit_name] = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        return original(cfg, ctx, fit_name, network, *args, **kwargs)
+
+    monkeypatch.setattr(polarity, "fit", spy)
+    return captured
+
+
+def test_xor_runs_of_one_seed_start_identical_in_the_real_task(make_config, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    captured = _capture_initial_networks(monkeypatch)
+    cfg = make_config("debug=fast", "task.num_seeds=2", "polarity.align=flip")
+    run_task(cfg, tmp_path / "run")
+    state, conditions = captured["population"], list(cfg.polarity.conditions)
+    hidden, output = state["hidden.weight"], state["output.weight"]
+    seeds = 2  # runs are condition-major: run = condition * seeds + seed
+    for s in range(seeds):
+        rows = [c * seeds + s for c in range(len(conditions))]
+        for r in rows[1:]:
+            assert torch.equal(hidden[r], hidden[rows[0]]) and torch.equal(output[r].abs(), output[rows[0]].abs())
+    assert not torch.equal(hidden[0], hidden[1])
+
+
+def test_image_conditions_of_one_seed_start_identical_in_the_real_task(make_config, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    captured = _capture_initial_networks(monkeypatch)
+    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150",
+                      "debug=fast", "task.num_seeds=2", "polarity.source.dataset.n_train=100")
+    run_task(cfg, tmp_path / "run")
+    for seed in (0, 1):
+        fluid, freeze = captured[f"fluid_rand_seed{seed}"], captured[f"freeze_rand_seed{seed}"]
+        in_pol, fluid_in_pol = captured[f"freeze_in_pol_seed{seed}"], captured[f"fluid_in_pol_seed{seed}"]
+        for name in fluid:
+            assert torch.equal(fluid[name], freeze[name]), name
+            assert torch.equal(in_pol[name], fluid_in_pol[name]), name
+            assert torch.equal(in_pol[name].abs(), fluid[name].abs()), name  # IN-Pol: the same fresh magnitudes
+        assert torch.equal(captured[f"in_weight_seed{seed}"]["head.weight"], fluid["head.weight"])
+        assert torch.equal(captured[f"freeze_in_weight_seed{seed}"]["features.0.weight"],
+                           captured[f"in_weight_seed{seed}"]["features.0.weight"])
+    assert not torch.equal(captured["fluid_rand_seed0"]["features.0.weight"], captured["fluid_rand_seed1"]["features.0.weight"])
+
+
+def test_the_transfer_target_draws_from_the_half_the_source_never_saw(make_config, data_dir: Path) -> None:
+    """Composed config of the experiment AND the images each data module really uses."""
+    import numpy as np
+    from hydra.utils import instantiate
+
+    from experiments.polarity import source_dataset_config
+
+    cfg = make_config("experiment=polarity_fashion_mnist", "dataset.n_train=2000", "polarity.source.dataset.n_train=2000")
+    source_cfg = source_dataset_config(cfg)
+    target_pool, source_pool = list(cfg.dataset.pool), list(source_cfg.pool)
+    assert max(target_pool[0], source_pool[0]) >= min(target_pool[1], source_pool[1])  # disjoint ranges
+    target, source = instantiate(cfg.dataset, subset_seed=0), instantiate(source_cfg, subset_seed=0)
+    target.setup("fit"), source.setup("fit")
+    target_rows, source_rows = target.prepared.train_rows, source.prepared.train_rows  # rows of the official split
+    assert len(np.intersect1d(target_rows, source_rows)) == 0
+    assert len(target_rows) == 2000 and len(source_rows) == 2000
+    assert set(source.prepared.train_labels[source.prepared.train_idx].tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_overlapping_source_and_target_pools_are_refused(make_config, tmp_path: Path, capsys) -> None:
+    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.pool=[0.0,1.0]", "debug=fast")
+    with pytest.raises(SystemExit):
+        run_task(cfg, tmp_path / "run")
+    assert "overlaps polarity.source.dataset.pool" in capsys.readouterr().err

@@ -106,12 +106,21 @@ def test_unknown_reset_rule_is_a_user_error() -> None:
         SignConstraint({"weight": torch.ones(1, 1)}, reset="bogus")
 
 
-def test_random_template_after_alignment_changes_nothing() -> None:
-    net = SmallCNN(in_channels=1, num_classes=2, image_size=8, channels=(4,), hidden=4)
-    before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    align_to_template(net, random_template(net))
-    for name, param in net.named_parameters():
-        torch.testing.assert_close(param, before[name])
+def test_random_template_is_each_runs_own_init_sign_with_zero_as_plus() -> None:
+    net = PopulationMLP(num_runs=3, hidden=8, init_seeds=[1, 2, 3])
+    with torch.no_grad():
+        net.hidden.weight[1, 0, 0] = 0.0  # an exact zero must be constrained (+1), not left free (torch.sign = 0)
+        net.hidden.weight[2, 0, 0] = -0.0
+    template = random_template(net)
+    assert template["hidden.weight"][1, 0, 0] == 1.0 and template["hidden.weight"][2, 0, 0] == 1.0
+    for r in range(3):
+        hidden = net.hidden.weight.detach()[r]
+        assert torch.equal(template["hidden.weight"][r], torch.where(hidden < 0, -1.0, 1.0))
+    assert not torch.equal(template["hidden.weight"][0], template["hidden.weight"][1])  # per run, not shared
+    constraint = SignConstraint(template, reset="zero")
+    with torch.no_grad():
+        net.hidden.weight[1, 0, 0] = -0.5  # crossing from 0 to negative is a violation
+    assert constraint.project_(net) == 1 and net.hidden.weight[1, 0, 0] == 0.0
 
 
 def test_a_pickled_constraint_continues_the_same_random_stream() -> None:

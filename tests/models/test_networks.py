@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from models.polarity.freeze_sgd import SignConstraint
-from models.polarity.networks import AlexNet, PopulationMLP, SmallCNN
+from models.polarity.networks import AlexNetPaper, AlexNetTorchvision, PopulationMLP, SmallCNN
 from models.polarity.sign_templates import align_to_template, make_template
 
 
@@ -72,11 +72,38 @@ def test_nonnegative_network_output_is_monotone_in_every_input(seed: int) -> Non
             assert torch.all(net(x + step) >= base - 1e-6), f"output decreased along input {dim}"
 
 
-def test_alexnet_refuses_images_too_small_and_runs_on_the_minimum() -> None:
+@pytest.mark.parametrize("cls", [AlexNetPaper, AlexNetTorchvision])
+def test_alexnets_refuse_images_too_small_and_run_on_the_minimum(cls) -> None:
     with pytest.raises(UserError, match="dataset.resize"):
-        AlexNet(in_channels=1, num_classes=10, image_size=28)
-    net = AlexNet(in_channels=1, num_classes=10, image_size=AlexNet.MIN_SIZE, width_mult=0.1)
-    assert net(torch.randn(2, 1, 63, 63)).shape == (2, 10)
+        cls(in_channels=1, num_classes=10, image_size=cls.MIN_SIZE - 1, width_mult=0.1)
+    net = cls(in_channels=1, num_classes=10, image_size=cls.MIN_SIZE, width_mult=0.1)
+    assert net(torch.randn(2, 1, cls.MIN_SIZE, cls.MIN_SIZE)).shape == (2, 10)
+
+
+def test_paper_alexnet_has_the_reference_widths_and_a_6x6_map_at_227() -> None:
+    net = AlexNetPaper(in_channels=3, num_classes=10, image_size=227, width_mult=1.0)
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [96, 256, 384, 384, 256]
+    assert convs[0].padding == (0, 0) and convs[0].stride == (4, 4)
+    fcs = [m for m in net.classifier if isinstance(m, torch.nn.Linear)]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(256 * 6 * 6, 4096), (4096, 4096), (4096, 1000)]
+    # dropout follows fc6 and fc7 (Keras reference), not precedes them (torchvision)
+    kinds = [type(m).__name__ for m in net.classifier]
+    assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear", "ReLU"]
+
+
+def test_paper_alexnet_init_is_keras_glorot_with_zero_biases() -> None:
+    torch.manual_seed(0)
+    net = AlexNetPaper(in_channels=3, num_classes=10, image_size=227, width_mult=0.5)
+    conv = net.features[3].weight  # 5x5, fan_in = 48*25, fan_out = 128*25
+    glorot_std = (2.0 / (48 * 25 + 128 * 25)) ** 0.5
+    assert abs(conv.std().item() / glorot_std - 1) < 0.05
+    assert conv.abs().max() <= 2 * glorot_std / 0.8796 + 1e-6  # truncated at 2 stddev
+    fc = net.classifier[4].weight
+    limit = (6.0 / sum(fc.shape)) ** 0.5
+    assert fc.abs().max() <= limit and fc.abs().max() > 0.95 * limit  # Glorot-uniform
+    assert net.head.weight.abs().max() <= 0.5 and 0.18 < net.head.weight.std() < 0.25
+    assert all(torch.all(m.bias == 0) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
 
 
 def test_small_cnn_shapes() -> None:

@@ -66,9 +66,27 @@ def test_in_weight_copies_every_matching_tensor_but_not_the_new_head() -> None:
     assert torch.equal(target.features[0].weight, source.features[0].weight)
 
 
-def test_positive_template_is_all_ones() -> None:
-    net = PopulationMLP(num_runs=2, hidden=4)
-    assert all(torch.all(t == 1) for t in make_template("positive", net).values())
+def test_positive_template_with_zero_reset_is_projected_descent_onto_nonnegative_weights() -> None:
+    """Train with the nonneg arm's settings: every weight stays >= 0, the projection really fires (some
+    weights sit exactly at 0), and the unconstrained biases do go negative."""
+    from models.polarity.freeze_sgd import SignConstraint
+    import torch.nn.functional as F
+
+    net = PopulationMLP(num_runs=2, hidden=16, init_seeds=[0, 1])
+    template = make_template("positive", net)
+    align_to_template(net, template)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    SignConstraint(template, reset="zero").attach(optimizer, net)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        x = torch.randn(2, 32, 5, generator=generator)
+        y = (x[..., 0] * x[..., 1] < 0).float()  # rewards negative weights
+        optimizer.zero_grad()
+        F.binary_cross_entropy_with_logits(net(x).squeeze(-1), y, reduction="none").mean(1).sum().backward()
+        optimizer.step()
+    weights = torch.cat([net.hidden.weight.detach().flatten(), net.output.weight.detach().flatten()])
+    assert torch.all(weights >= 0) and torch.any(weights == 0)
+    assert torch.any(net.hidden.bias < 0)
 
 
 def test_unknown_template_is_a_user_error() -> None:
