@@ -1,0 +1,303 @@
+"""Conversation corpora for emotion recognition (IEMOCAP, MELD): readers for the published pickles,
+and a DataModule yielding padded dialogues with masks and speaker ids.
+
+Formats (all `pickle.load(f, encoding="latin1")`, dicts keyed by dialogue id):
+- COSMIC metadata (`iemocap.pkl`, `meld.pkl` of declare-lab/conv-emotion): a list whose positions
+  are named by `fields` in the dataset config (IEMOCAP: speakers, labels, sentences, train, test,
+  valid; MELD: speakers one-hot, emotion, sentiment, sentences, train, test, valid). Transcripts only,
+  so text features are computed by `data.text_features`; any corpus in that layout runs from a
+  dataset file alone (label names, speaker count and field positions come from config).
+- MMGCN / DialogueGCN (`IEMOCAP_features.pkl` 9-tuple; `MELD_features_raw1.pkl` 10-tuple).
+- SDT / GraphSmile (`iemocap_multimodal_features.pkl` 12-tuple, MELD 13-tuple; 4 RoBERTa variants,
+  the first used as text).
+The feature pickles have no validation split; as in MMGCN/SDT-style code a fixed fraction of the
+training dialogues (`valid_fraction`, fixed seed, never the test ones) is held out for model choice.
+"""
+from __future__ import annotations
+
+import pickle
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from common.errors import UserError
+from common.files import require_file
+
+SPLITS = ("train", "valid", "test")
+HOW_TO_GET = {
+    "cosmic": "the COSMIC metadata pickles are in declare-lab/conv-emotion (COSMIC/feature-extraction)",
+    "mmgcn": "IEMOCAP_features.pkl / MELD_features_raw1.pkl come with the MMGCN and DialogueGCN repositories",
+    "sdt": "iemocap_multimodal_features.pkl / meld_multimodal_features.pkl: see butterfliesss/SDT data/readme.txt",
+}
+# Tuple layouts of the feature pickles: field names by position ("_" = unused).
+FEATURE_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "mmgcn_iemocap": ("ids", "speakers", "labels", "text", "audio", "visual", "sentences", "train", "test"),
+    "mmgcn_meld": ("ids", "speakers", "labels", "text", "audio", "visual", "sentences", "train", "test", "_"),
+    "sdt_iemocap": ("ids", "speakers", "labels", "text", "_", "_", "_", "audio", "visual", "sentences", "train", "test"),
+    "sdt_meld": ("ids", "speakers", "labels", "text", "_", "_", "_", "audio", "visual", "sentences", "train", "test", "_"),
+}
+
+
+@dataclass
+class Dialogue:
+    """One conversation: per-utterance speaker ids, labels, feature matrices per modality, transcripts."""
+
+    id: str
+    speakers: np.ndarray  # (T,) int64
+    labels: np.ndarray  # (T,) int64
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (T, D) float32
+    sentences: list[str] | None = None
+
+
+@dataclass
+class Corpus:
+    splits: dict[str, list[Dialogue]]
+    label_names: list[str]
+    num_speakers: int
+
+    @property
+    def modality_dims(self) -> dict[str, int]:
+        first = self.splits["train"][0]
+        return {name: int(array.shape[1]) for name, array in first.features.items()}
+
+
+def load_pickle(path: str | Path, fmt: str) -> Any:
+    path = require_file(path, HOW_TO_GET.get(fmt, "see the dataset config"))
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle, encoding="latin1")
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable pickle ({exc.__class__.__name__}: {exc})") from None
+
+
+def fix_text(sentence: str, encoding: str | None) -> str:
+    """MELD's transcripts are Windows-1252 bytes read as latin1 (`\\x92` for an apostrophe): re-decode."""
+    if not encoding:
+        return sentence
+    try:
+        return sentence.encode("latin1").decode(encoding)
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return sentence
+
+
+def speaker_ids(raw: Sequence[Any], speaker_names: Sequence[str] | None, num_speakers: int, where: str) -> np.ndarray:
+    """Speakers as ints: letters via `speaker_names` (IEMOCAP 'M'/'F'), one-hot rows via argmax (MELD), or ints."""
+    out = []
+    for value in raw:
+        if isinstance(value, str):
+            if not speaker_names or value not in speaker_names:
+                raise UserError(f"{where}: speaker {value!r} not in dataset.speaker_names={list(speaker_names or [])}")
+            out.append(list(speaker_names).index(value))
+        elif np.ndim(value) == 1:
+            out.append(int(np.argmax(value)))
+        else:
+            out.append(int(value))
+    ids = np.asarray(out, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= num_speakers):
+        raise UserError(f"{where}: speaker id {int(ids.max())} out of range for dataset.num_speakers={num_speakers}")
+    return ids
+
+
+def check_dialogue(dialogue: Dialogue, num_classes: int, dims: Mapping[str, int] | None, where: str) -> None:
+    """Bad input fails here, naming the dialogue: empty dialogues, labels out of range, ragged or mismatched features."""
+    n = len(dialogue.labels)
+    if n == 0:
+        raise UserError(f"{where}: dialogue {dialogue.id!r} has no utterances; remove it from the splits")
+    if dialogue.labels.min() < 0 or dialogue.labels.max() >= num_classes:
+        raise UserError(f"{where}: dialogue {dialogue.id!r} has label {int(dialogue.labels.max())} outside 0..{num_classes - 1} "
+                        f"(dataset.label_names has {num_classes} names)")
+    if len(dialogue.speakers) != n:
+        raise UserError(f"{where}: dialogue {dialogue.id!r} has {len(dialogue.speakers)} speakers for {n} labels")
+    for name, array in dialogue.features.items():
+        if array.ndim != 2 or array.shape[0] != n:
+            raise UserError(f"{where}: dialogue {dialogue.id!r} {name} features have shape {array.shape}, expected ({n}, D)")
+        if dims is not None and array.shape[1] != dims[name]:
+            raise UserError(f"{where}: dialogue {dialogue.id!r} {name} features are {array.shape[1]}-d, expected {dims[name]}-d "
+                            "like the other dialogues")
+
+
+def _finish(splits: dict[str, list[Dialogue]], label_names: Sequence[str], num_speakers: int, where: str) -> Corpus:
+    dims = None
+    for split in SPLITS:
+        if not splits.get(split):
+            raise UserError(f"{where}: the {split} split is empty")
+        for dialogue in splits[split]:
+            check_dialogue(dialogue, len(label_names), dims, where)
+            dims = dims or {k: v.shape[1] for k, v in dialogue.features.items()}
+    return Corpus(splits, list(label_names), num_speakers)
+
+
+def read_cosmic(path: str | Path, fields: Mapping[str, int], label_names: Sequence[str], num_speakers: int,
+                speaker_names: Sequence[str] | None = None, text_encoding: str | None = None) -> Corpus:
+    """COSMIC metadata pickle (transcripts only; features are added later by the text encoder)."""
+    data = load_pickle(path, "cosmic")
+    needed = ("speakers", "labels", "sentences", "train", "valid", "test")
+    missing = [name for name in needed if name not in fields]
+    if missing:
+        raise UserError(f"dataset.fields: missing positions for {missing} (the COSMIC layout needs {list(needed)})")
+    if not isinstance(data, (list, tuple)) or len(data) <= max(int(fields[k]) for k in needed):
+        size = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
+        raise UserError(f"{path}: expected a COSMIC metadata list with fields at {dict(fields)}, got {size} entries")
+    speakers, labels, sentences = (data[int(fields[k])] for k in ("speakers", "labels", "sentences"))
+    if not all(isinstance(x, Mapping) for x in (speakers, labels, sentences)):
+        raise UserError(f"{path}: fields speakers/labels/sentences at {dict(fields)} must be dicts keyed by dialogue id")
+    splits = {}
+    for split in SPLITS:
+        dialogues = []
+        for key in data[int(fields[split])]:
+            if key not in labels:
+                raise UserError(f"{path}: {split} dialogue {key!r} has no labels")
+            text = [fix_text(s, text_encoding) for s in sentences[key]]
+            if len(text) != len(labels[key]):
+                raise UserError(f"{path}: dialogue {key!r} has {len(text)} sentences for {len(labels[key])} labels")
+            dialogues.append(Dialogue(str(key), speaker_ids(speakers[key], speaker_names, num_speakers, f"{path} {key}"),
+                                      np.asarray(labels[key], dtype=np.int64), {}, text))
+        splits[split] = dialogues
+    return _finish(splits, label_names, num_speakers, str(path))
+
+
+def split_train_valid(keys: Sequence[Any], valid_fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """A fixed held-out part of the training dialogues (the feature pickles ship train/test only)."""
+    keys = list(keys)
+    order = list(range(len(keys)))
+    random.Random(seed).shuffle(order)
+    n_valid = max(1, int(round(valid_fraction * len(keys))))
+    valid = {order[i] for i in range(n_valid)}
+    return [k for i, k in enumerate(keys) if i not in valid], [k for i, k in enumerate(keys) if i in valid]
+
+
+def read_feature_pickle(path: str | Path, layout: str, label_names: Sequence[str], num_speakers: int,
+                        modalities: Sequence[str] = ("text", "audio", "visual"), speaker_names: Sequence[str] | None = None,
+                        valid_fraction: float = 0.1) -> Corpus:
+    """MMGCN/DialogueGCN or SDT feature pickle (`layout` in FEATURE_LAYOUTS) -> Corpus with the chosen modalities."""
+    if layout not in FEATURE_LAYOUTS:
+        raise UserError(f"dataset.layout={layout!r}: expected one of {sorted(FEATURE_LAYOUTS)}")
+    names = FEATURE_LAYOUTS[layout]
+    data = load_pickle(path, layout.split("_")[0])
+    if not isinstance(data, (list, tuple)) or len(data) != len(names):
+        size = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
+        raise UserError(f"{path}: layout {layout} expects a {len(names)}-tuple ({', '.join(names)}), got {size} entries; "
+                        f"check dataset.layout (one of {sorted(FEATURE_LAYOUTS)})")
+    fields = {name: data[i] for i, name in enumerate(names) if name != "_"}
+    unknown = [m for m in modalities if m not in ("text", "audio", "visual")]
+    if unknown:
+        raise UserError(f"dataset.modalities: unknown {unknown}; choose from text, audio, visual")
+    train_keys, valid_keys = split_train_valid(fields["train"], valid_fraction)
+    splits = {}
+    for split, keys in (("train", train_keys), ("valid", valid_keys), ("test", list(fields["test"]))):
+        dialogues = []
+        for key in keys:
+            feats = {m: np.asarray(fields[m][key], dtype=np.float32) for m in modalities}
+            dialogues.append(Dialogue(str(key), speaker_ids(fields["speakers"][key], speaker_names, num_speakers, f"{path} {key}"),
+                                      np.asarray(fields["labels"][key], dtype=np.int64), feats,
+                                      list(fields["sentences"][key]) if key in fields["sentences"] else None))
+        splits[split] = dialogues
+    return _finish(splits, label_names, num_speakers, str(path))
+
+
+# ------------------------------------------------------------------------------------------ corpora from config
+def cosmic_text_corpus(path: str | Path, fields: Mapping[str, int], label_names: Sequence[str], num_speakers: int,
+                       speaker_names: Sequence[str] | None = None, text_encoding: str | None = None,
+                       cache_dir: str | None = None, cache_name: str = "corpus", batch_size: int = 64) -> Corpus:
+    """COSMIC transcripts + frozen all-MiniLM-L6-v2 sentence embeddings as the `text` modality (cached)."""
+    from data.text_features import cached_embeddings
+
+    corpus = read_cosmic(path, fields, label_names, num_speakers, speaker_names, text_encoding)
+    dialogues = [d for split in SPLITS for d in corpus.splits[split]]
+    embeddings = cached_embeddings([s for d in dialogues for s in d.sentences], cache_dir, cache_name, batch_size)
+    start = 0
+    for dialogue in dialogues:
+        dialogue.features["text"] = embeddings[start:start + len(dialogue.labels)]
+        start += len(dialogue.labels)
+    return corpus
+
+
+def synthetic_corpus(num_dialogues: Sequence[int] = (120, 20, 40), length: tuple[int, int] = (10, 30),
+                     dims: Mapping[str, int] | None = None, signal: Mapping[str, float] | None = None,
+                     num_classes: int = 4, num_speakers: int = 2, noise: float = 1.0, stay: float = 0.7,
+                     degrade: Mapping[str, Any] | None = None, seed: int = 0) -> Corpus:
+    """Multimodal dialogues with a planted signal, for tests and the modality-quality experiment.
+
+    Labels follow a Markov chain along the dialogue (probability `stay` of keeping the previous one), so
+    context helps. Modality m's feature = signal[m] * prototype_m[label] + N(0, noise^2). `degrade`
+    ({modality, noise_std, drop_prob}) lowers one modality's quality in every split: extra Gaussian
+    noise and utterances whose feature vector is zeroed with probability drop_prob.
+    """
+    dims = dict(dims or {"text": 32, "audio": 16, "visual": 16})
+    signal = dict(signal or {m: 1.0 for m in dims})
+    rng = np.random.default_rng(seed)
+    prototypes = {m: rng.normal(0, 1, (num_classes, d)) for m, d in dims.items()}
+    splits = {}
+    for split, count in zip(SPLITS, num_dialogues):
+        dialogues = []
+        for i in range(count):
+            n = int(rng.integers(length[0], length[1] + 1))
+            labels = np.empty(n, dtype=np.int64)
+            labels[0] = rng.integers(num_classes)
+            for t in range(1, n):
+                labels[t] = labels[t - 1] if rng.random() < stay else rng.integers(num_classes)
+            feats = {m: (signal[m] * prototypes[m][labels] + rng.normal(0, noise, (n, d))).astype(np.float32) for m, d in dims.items()}
+            if degrade and degrade.get("modality"):
+                m = degrade["modality"]
+                feats[m] = feats[m] + rng.normal(0, float(degrade.get("noise_std", 0.0)), feats[m].shape).astype(np.float32)
+                feats[m][rng.random(n) < float(degrade.get("drop_prob", 0.0))] = 0.0
+            dialogues.append(Dialogue(f"{split}_{i}", rng.integers(num_speakers, size=n).astype(np.int64), labels, feats))
+        splits[split] = dialogues
+    return _finish(splits, [f"c{k}" for k in range(num_classes)], num_speakers, "synthetic")
+
+
+# ------------------------------------------------------------------------------------------ batches
+def collate_dialogues(dialogues: Sequence[Dialogue]) -> dict[str, Any]:
+    """Pad to the longest dialogue: features {m: (B, T, D)}, mask (B, T) True = real, speakers, labels (-1 = pad)."""
+    lengths = [len(d.labels) for d in dialogues]
+    batch, longest = len(dialogues), max(lengths)
+    mask = torch.zeros(batch, longest, dtype=torch.bool)
+    speakers = torch.zeros(batch, longest, dtype=torch.long)
+    labels = torch.full((batch, longest), -1, dtype=torch.long)
+    features = {m: torch.zeros(batch, longest, a.shape[1]) for m, a in dialogues[0].features.items()}
+    for i, (d, n) in enumerate(zip(dialogues, lengths)):
+        mask[i, :n] = True
+        speakers[i, :n] = torch.from_numpy(d.speakers)
+        labels[i, :n] = torch.from_numpy(d.labels)
+        for m in features:
+            features[m][i, :n] = torch.from_numpy(d.features[m])
+    return {"features": features, "mask": mask, "speakers": speakers, "labels": labels, "ids": [d.id for d in dialogues]}
+
+
+class ConversationDataModule(L.LightningDataModule):
+    """Dialogues of a `Corpus` (built once from the `corpus` config node) in padded batches.
+
+    `val_dataloader` returns [validation, test]: the module scores both every epoch so the task can
+    read test figures at the epoch chosen on validation. `seed` only changes the training order.
+    """
+
+    def __init__(self, corpus: Corpus | Callable[[], Corpus], batch_size: int = 16, eval_batch_size: int = 64,
+                 class_weights: Sequence[float] | None = None, name: str = "erc", seed: int = 0, limit: int | None = None) -> None:
+        super().__init__()
+        self.corpus = corpus if isinstance(corpus, Corpus) else corpus()
+        self.batch_size, self.eval_batch_size, self.seed, self.limit = batch_size, eval_batch_size, seed, limit
+        if class_weights is not None and len(class_weights) != len(self.corpus.label_names):
+            raise UserError(f"dataset.class_weights has {len(class_weights)} entries for {len(self.corpus.label_names)} classes")
+        self.class_weights = list(class_weights) if class_weights is not None else None
+
+    @property
+    def network_kwargs(self) -> dict[str, Any]:
+        return {"dims": self.corpus.modality_dims, "num_classes": len(self.corpus.label_names), "num_speakers": self.corpus.num_speakers}
+
+    def split(self, name: str) -> list[Dialogue]:
+        dialogues = self.corpus.splits[name]
+        return dialogues[: self.limit] if self.limit else dialogues
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.split("train"), batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=collate_dialogues)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(self.split(s), batch_size=self.eval_batch_size, collate_fn=collate_dialogues) for s in ("valid", "test")]
