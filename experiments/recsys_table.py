@@ -1,0 +1,45 @@
+"""Pivot `experiments.aggregate`'s summary.csv of a recsys sweep into attack x defence Markdown tables.
+
+    python -m experiments.recsys_table results/recsys/ml100k_3pct/summary.csv [--metric target_hr@50 ...]
+
+One table per metric: rows = attacks, columns = defences, cells = the median over seeds (one seed: the
+value); an empty cell is a job that did not run or did not finish.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack"]
+DEFENSES = ["none", "apr", "noise", "tcd"]
+
+
+def tables(summary: Path, metrics: list[str]) -> str:
+    rows = list(csv.DictReader(summary.open()))
+    out = []
+    for metric in metrics:
+        cell = {(r["attack"], r["defense"]): float(r["median"]) for r in rows if r["metric"] == metric}
+        defenses = [d for d in DEFENSES if any(k[1] == d for k in cell)]
+        lines = [f"**{metric}** (median over seeds)", "", "| attack | " + " | ".join(defenses) + " |",
+                 "|---|" + "---|" * len(defenses)]
+        for attack in [a for a in ATTACKS if any(k[0] == a for k in cell)]:
+            lines.append(f"| {attack} | " + " | ".join(f"{cell[(attack, d)]:.4g}" if (attack, d) in cell else "" for d in defenses) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("summary", type=Path)
+    parser.add_argument("--metric", action="append", default=None)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    text = tables(args.summary, args.metric or ["target_hr@50", "rmse", "loo_hr@10"])
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Model-based shilling attacks: a gradient ("DL") attack, Co-Attack and GCoAttack (Securing recommender
+system via cooperative training, World Wide Web 2023, Sec. 4).
+
+All three train a surrogate recommender with an extra attack objective and read the fake profiles off
+it: each fake user rates its `n_filler` highest-scored non-target items at the surrogate's predicted
+rating (rounded to the grid, clipped to 1..R so every filler is a real rating; the reference clips to
+0..1 after normalising, which can silently drop fillers predicted as 0) and every target R.
+
+Attack loss (Cotraining-Attack Eq. 7), over real users u and targets t, with s the surrogate's scores and
+s_u^(K) the u-th user's K-th largest score:  L_atk = sum_u sum_t max(s_u^(K) - s_ut, -kappa).
+The released code (CoAttack.py / GCoAttack.py) has two slips: it uses the *negated* K-th score
+(`tf.sort(-rate)`), which makes the hinge almost always sit at -kappa (inactive), and it indexes score
+columns 0..4 (`rate[:, t]` for t in range(len(targets))) instead of the target ids. We implement the
+intended loss on the real target ids.
+
+Fake users' rows exist in the surrogate's embedding table; in Co-Attack they receive no samples and the
+attack loss is over real users only, so their embeddings stay at their random initialisation (as in the
+reference): the attack shapes the *item* space so that random users rank the right fillers highly.
+In GCoAttack the fake rows do train, on the pseudo-labels of TCD's first half.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.recsys.attacks import check_attack_args
+from models.recsys.defenses import NoDefense, TripleCooperative
+from models.recsys.networks import MatrixFactorization
+from models.recsys.optim import TF1Adadelta
+from models.recsys.training import Samples, fit
+
+
+def attack_hinge(model: nn.Module, n_real: int, targets: Tensor, top_k: int, kappa: float) -> Tensor:
+    """L_atk = sum_{u real} sum_t max(s_u^(K) - s_ut, -kappa) (the intended loss; see the module docstring)."""
+    scores = model.full_scores(torch.arange(n_real)) if isinstance(model, MatrixFactorization) else model.full_scores()[:n_real]
+    kth = scores.topk(min(top_k, scores.shape[1]), dim=1).values[:, -1:]
+    return torch.clamp(kth - scores[:, targets], min=-kappa).sum()
+
+
+def real_samples(train: Tensor, max_rating: float) -> Samples:
+    users, items = (train > 0).nonzero(as_tuple=True)
+    return Samples(users, items, train[users, items] / max_rating)
+
+
+@torch.no_grad()
+def read_profiles(model: nn.Module, first: int, n_fake: int, targets: Tensor, n_filler: int, max_rating: float) -> Tensor:
+    """Fake rows first..first+n_fake: top-`n_filler` non-target items at their predicted rating, targets R."""
+    scores = model.full_scores(torch.arange(first, first + n_fake))
+    ranked = scores.clone()
+    ranked[:, targets] = float("-inf")
+    fillers = ranked.topk(n_filler, dim=1).indices
+    fake = torch.zeros_like(scores)
+    fake.scatter_(1, fillers, torch.round(scores.gather(1, fillers) * max_rating).clamp(1, max_rating))
+    fake[:, targets] = max_rating
+    return fake
+
+
+@dataclass
+class CoAttack:
+    """Co-Attack: PMF surrogate sigma(p . q) (reg 1e-12, Adagrad lr 10, 40 epochs) on the real ratings; the last
+    `attack_epochs` epochs minimise L_train + weight * L_atk; profiles from the fake users' scores."""
+
+    epochs: int = 40
+    attack_epochs: int = 20
+    top_k: int = 50
+    kappa: float = 0.2
+    weight: float = 1.0
+    dim: int = 128
+    reg: float = 1e-12
+    lr: float = 10.0
+    batch_size: int = 2048
+
+    def surrogate(self, n_users: int, n_items: int) -> tuple[list[nn.Module], list[torch.optim.Optimizer], object]:
+        model = MatrixFactorization(n_users, n_items, self.dim, self.reg, link="sigmoid")
+        return [model], [torch.optim.Adagrad(model.parameters(), lr=self.lr, initial_accumulator_value=0.1)], NoDefense()
+
+    def generate(self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float,
+                 generator: torch.Generator) -> Tensor:
+        check_attack_args(train, targets, n_fake, n_filler)
+        n_real, n_items = train.shape
+        models, optimizers, defense = self.surrogate(n_real + n_fake, n_items)
+        rated = torch.cat([train > 0, torch.zeros(n_fake, n_items, dtype=torch.bool)])
+        extra = lambda m: self.weight * attack_hinge(m, n_real, targets, self.top_k, self.kappa)  # noqa: E731
+        fit(models, optimizers, real_samples(train, max_rating), defense, self.epochs, self.batch_size, rated,
+            max_rating, generator, extra_loss=extra, extra_from=max(self.epochs - self.attack_epochs, 0),
+            extra_on_real_only=True)
+        return read_profiles(models[0], n_real, n_fake, targets, n_filler, max_rating)
+
+
+@dataclass
+class GCoAttack(CoAttack):
+    """GCoAttack: the surrogate is the TCD triple itself (three linear MF, reg 1e-12, TF1 Adadelta lr 20);
+    the first half is normal TCD co-training, the second half trains each model on the real samples with
+    L_train + L_atk: the attacker plays against the co-training defence. Profiles from model 0."""
+
+    lr: float = 20.0
+    attack_epochs: int = 20
+    grid: str = "reference"
+
+    def surrogate(self, n_users: int, n_items: int) -> tuple[list[nn.Module], list[torch.optim.Optimizer], object]:
+        models = [MatrixFactorization(n_users, n_items, self.dim, self.reg) for _ in range(3)]
+        return models, [TF1Adadelta(m.parameters(), lr=self.lr) for m in models], TripleCooperative(grid=self.grid)
+
+
+@dataclass
+class GradientAttack(CoAttack):
+    """The "DL" attack (Huang et al., NDSS 2021 style): fake users are made one at a time; for each, a fresh
+    PMF surrogate is trained on the real + earlier fake ratings + the new user's target ratings, with the
+    attack loss in its last `attack_epochs` epochs; the new user's fillers are its top items weighted by
+    selection weights that decay x`decay` each time an item is chosen (diversity across fake users)."""
+
+    epochs: int = 10
+    attack_epochs: int = 2
+    decay: float = 0.9
+
+    def generate(self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float,
+                 generator: torch.Generator) -> Tensor:
+        check_attack_args(train, targets, n_fake, n_filler)
+        n_real, n_items = train.shape
+        weights = torch.ones(n_items)
+        fake = torch.zeros(n_fake, n_items)
+        for f in range(n_fake):
+            current = torch.cat([train, fake[:f], torch.zeros(1, n_items)])
+            current[-1, targets] = max_rating
+            models, optimizers, defense = self.surrogate(n_real + f + 1, n_items)
+            extra = lambda m: self.weight * attack_hinge(m, n_real, targets, self.top_k, self.kappa)  # noqa: E731
+            fit(models, optimizers, real_samples(current, max_rating), defense, self.epochs, self.batch_size,
+                current > 0, max_rating, generator, extra_loss=extra, extra_from=max(self.epochs - self.attack_epochs, 0))
+            with torch.no_grad():
+                scores = models[0].full_scores(torch.tensor([n_real + f]))[0]
+            ranked = scores * weights
+            ranked[targets] = float("-inf")
+            fillers = ranked.topk(n_filler).indices
+            weights[fillers] *= self.decay
+            fake[f, fillers] = torch.round(scores[fillers] * max_rating).clamp(1, max_rating)
+            fake[f, targets] = max_rating
+        return fake

@@ -1,0 +1,109 @@
+"""The training loop shared by every recommender, defence and surrogate attack model.
+
+A plain loop rather than a Lightning Trainer: TCD needs, per epoch and per model, a full-matrix
+pseudo-labelling step using the *other* models, and then ~1.5 M samples in batches of 2048; one
+Trainer fit per (model, epoch) would cost more than the epoch itself. The task logs and checkpoints
+through the run context (``on_epoch_end``), so resume and loggers work as for Lightning tasks.
+
+`extra_loss(model, epoch)` adds an attack objective (Co-Attack / GCoAttack) from `extra_from` on; with
+`extra_on_real_only` the models then train on the real samples only, as GCoAttack's second half does.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from models.recsys.defenses import NoDefense
+from models.recsys.tcd import pseudo_labels
+
+
+@dataclass
+class Samples:
+    """Training samples: user ids, item ids, normalised ratings (parallel 1-D tensors)."""
+
+    users: Tensor
+    items: Tensor
+    ratings: Tensor
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def extend(self, users: Tensor, items: Tensor, ratings: Tensor) -> "Samples":
+        return Samples(torch.cat([self.users, users]), torch.cat([self.items, items]), torch.cat([self.ratings, ratings]))
+
+
+@dataclass
+class LoopStats:
+    """Counters for the throughput benchmark and the run log."""
+
+    samples: int = 0
+    train_seconds: float = 0.0
+    label_seconds: float = 0.0
+    pseudo_per_model: list[int] = field(default_factory=list)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, samples: Samples, loss_fn: Callable,
+                    epoch: int, batch_size: int, generator: torch.Generator,
+                    extra_loss: Callable[[nn.Module], Tensor] | None = None) -> float:
+    """One shuffled pass; returns the mean batch loss."""
+    order = torch.randperm(len(samples), generator=generator)
+    total, batches = 0.0, 0
+    fast = extra_loss is None and getattr(loss_fn, "__func__", None) is NoDefense.loss \
+        and hasattr(model, "row_gradients") and hasattr(optimizer, "step_rows")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        if fast:  # plain MF + TF1 Adadelta: analytic row gradients, no autograd (same maths, tested)
+            loss, updates = model.row_gradients(samples.users[idx], samples.items[idx], samples.ratings[idx])
+            optimizer.step_rows(updates)
+            total += float(loss)
+            batches += 1
+            continue
+        loss = loss_fn(model, samples.users[idx], samples.items[idx], samples.ratings[idx], epoch)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        batches += 1
+    return total / max(batches, 1)
+
+
+def fit(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], samples: Samples, defense,
+        epochs: int, batch_size: int, rated: Tensor, max_rating: float, generator: torch.Generator,
+        start_epoch: int = 0, on_epoch_end: Callable[[int, float], None] | None = None,
+        extra_loss: Callable[[nn.Module], Tensor] | None = None, extra_from: int | None = None,
+        extra_on_real_only: bool = False, stats: LoopStats | None = None) -> LoopStats:
+    """Train `models` (1, or 3 for TCD) for epochs [start_epoch, epochs); model 0 is the one evaluated.
+
+    TCD (defense.n_models == 3): before model j trains, models (j+1)%3 and (j+2)%3 label every
+    unrated cell they agree on (see tcd.py); model j trains one epoch on real + those pseudo ratings.
+    """
+    stats = stats or LoopStats()
+    triple = getattr(defense, "n_models", 1) == 3
+    for epoch in range(start_epoch, epochs):
+        attacking = extra_loss is not None and extra_from is not None and epoch >= extra_from
+        losses = []
+        for j, (model, optimizer) in enumerate(zip(models, optimizers)):
+            data = samples
+            if triple and epoch >= defense.start_epoch and not (attacking and extra_on_real_only):
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    a = models[(j + 1) % 3].full_scores()
+                    b = models[(j + 2) % 3].full_scores()
+                pseudo = pseudo_labels(a, b, rated, max_rating, defense.grid, defense.keep_rate, generator)
+                data = samples.extend(*pseudo)
+                stats.label_seconds += time.perf_counter() - t0
+                stats.pseudo_per_model.append(len(pseudo[0]))
+            t0 = time.perf_counter()
+            losses.append(train_one_epoch(model, optimizer, data, defense.loss, epoch, batch_size, generator,
+                                          extra_loss if attacking else None))
+            stats.train_seconds += time.perf_counter() - t0
+            stats.samples += len(data)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, losses[0])
+    return stats

@@ -1,0 +1,78 @@
+"""Fake profiles: shape, filler count, target ratings, and the attack objective on the real targets."""
+import pytest
+import torch
+
+from models.recsys.attacks import AverageAttack, BandwagonAttack, NoAttack, RandomAttack, item_stats
+from models.recsys.networks import MatrixFactorization
+from models.recsys.surrogate_attacks import CoAttack, GCoAttack, GradientAttack, attack_hinge
+
+R = 5.0
+
+
+@pytest.fixture
+def train() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    matrix = torch.randint(1, 6, (30, 40), generator=g).float()
+    return matrix * (torch.rand(30, 40, generator=g) < 0.3)
+
+
+def check_profiles(fake: torch.Tensor, targets: torch.Tensor, n_fake: int, n_filler: int, n_items: int) -> None:
+    assert fake.shape == (n_fake, n_items)
+    assert torch.all(fake[:, targets] == R)
+    assert torch.all((fake > 0).sum(1) == n_filler + len(targets))
+    values = fake[fake > 0]
+    assert torch.all(values == values.round()) and values.min() >= 1 and values.max() <= R
+
+
+@pytest.mark.parametrize("attack", [RandomAttack(), AverageAttack(), BandwagonAttack(n_selected=3)])
+def test_heuristic_profiles(attack, train) -> None:
+    targets = torch.tensor([3, 7])
+    fake = attack.generate(train, targets, 4, 10, R, torch.Generator().manual_seed(1))
+    check_profiles(fake, targets, 4, 10, 40)
+
+
+def test_average_attack_follows_item_means(train) -> None:
+    targets = torch.tensor([0])
+    fake = AverageAttack().generate(train, targets, 400, 20, R, torch.Generator().manual_seed(0))
+    mean, _, _, _ = item_stats(train)
+    rated = fake > 0
+    rated[:, 0] = False
+    fake_mean = (fake * rated).sum(0) / rated.sum(0).clamp(min=1)
+    busy = rated.sum(0) > 100
+    assert torch.allclose(fake_mean[busy], mean[busy].clamp(1, R), atol=0.5)
+
+
+def test_bandwagon_rates_popular_items_max(train) -> None:
+    train[:, 5] = 2.0                                    # item 5 rated by everyone: the most popular
+    fake = BandwagonAttack(n_selected=1).generate(train, torch.tensor([3]), 3, 6, R, torch.Generator())
+    assert torch.all(fake[:, 5] == R)
+
+
+def test_no_attack_and_bad_arguments(train) -> None:
+    assert NoAttack().generate(train, torch.tensor([1]), 5, 5, R, torch.Generator()).shape == (0, 40)
+    with pytest.raises(ValueError, match="n_filler"):
+        RandomAttack().generate(train, torch.tensor([1]), 2, 40, R, torch.Generator())
+
+
+def test_hinge_uses_real_target_ids_and_kth_score() -> None:
+    model = MatrixFactorization(3, 6, dim=2)
+    with torch.no_grad():
+        model.user.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        model.item.copy_(torch.tensor([[0.9, 0], [0.8, 0], [0.1, 0], [0.0, 0], [0.5, 0], [0.2, 0]]))
+    # real users 0, 1: scores 0.9 0.8 0.1 0 0.5 0.2; K=2 -> s^(K) = 0.8. target 4: 0.8 - 0.5 = 0.3 each
+    loss = attack_hinge(model, 2, torch.tensor([4]), top_k=2, kappa=0.2)
+    assert loss.item() == pytest.approx(0.6)
+    # target 0 already above s^(K) by 0.1 < kappa: the hinge is active at 0.8 - 0.9 = -0.1 per user
+    assert attack_hinge(model, 2, torch.tensor([0]), top_k=2, kappa=0.2).item() == pytest.approx(-0.2)
+    loss.backward()
+    assert model.item.grad.to_dense()[4, 0] < 0          # minimising pushes the target's score up
+
+
+@pytest.mark.parametrize("attack", [CoAttack(epochs=3, attack_epochs=2, dim=8, batch_size=64),
+                                    GCoAttack(epochs=2, attack_epochs=1, dim=8, batch_size=64),
+                                    GradientAttack(epochs=2, attack_epochs=1, dim=8, batch_size=64)])
+def test_model_based_profiles(attack, train) -> None:
+    torch.manual_seed(0)
+    targets = torch.tensor([2, 9])
+    fake = attack.generate(train, targets, 3, 8, R, torch.Generator().manual_seed(0))
+    check_profiles(fake, targets, 3, 8, 40)
