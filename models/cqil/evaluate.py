@@ -1,0 +1,86 @@
+"""Evaluation of a (CQIL / layer-removed / original) causal LM: perplexity, greedy agreement, latency.
+
+Latency follows the paper's protocol adapted to CPU (Sec. 5.3): warm-up runs, then `repeats`
+timed runs, median; prefill = one forward over the prompt, decode = per-token time of single-token
+forwards with the KV cache after that prefill.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 1) -> float:
+    """exp(mean next-token NLL) over every predicted position of every window."""
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i: i + batch_size]
+        logits = model(batch, use_cache=False).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
+        total += float(nll)
+        count += batch[:, 1:].numel()
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def greedy_tokens(model: nn.Module, prompts: Sequence[Tensor], new_tokens: int) -> list[list[int]]:
+    """Greedy continuations with HF `generate` (KV cache on), exactly `new_tokens` each (no early EOS)."""
+    out = []
+    for prompt in prompts:
+        ids = prompt.view(1, -1)
+        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        out.append(generated[0, ids.size(1):].tolist())
+    return out
+
+
+def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[int]]) -> float:
+    """Fraction of generated positions where the candidate's greedy token equals the reference's."""
+    same = sum(a == b for ref, cand in zip(reference, candidate) for a, b in zip(ref, cand))
+    return same / max(1, sum(len(r) for r in reference))
+
+
+@torch.no_grad()
+def time_prefill_decode(model: nn.Module, prompt: Tensor, decode_steps: int, repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds of a prefill over `prompt` (1, T) and median seconds per decoded token."""
+    prefill, decode = [], []
+    for run in range(warmup + repeats):
+        start = time.perf_counter()
+        out = model(prompt, use_cache=True)
+        mid = time.perf_counter()
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(decode_steps):
+            out = model(token, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        end = time.perf_counter()
+        if run >= warmup:
+            prefill.append(mid - start)
+            decode.append((end - mid) / max(1, decode_steps))
+    return {"prefill_s": statistics.median(prefill), "decode_s": statistics.median(decode)}
+
+
+@torch.no_grad()
+def time_variants(model: nn.Module, variants: dict[str, nn.ModuleList], prompt: Tensor, decode_steps: int,
+                  repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Latency of several layer lists of one model (original, CQIL modes), interleaved run by run so a
+    busy machine slows every variant alike; medians per variant."""
+    from models.cqil.plugin import decoder_of
+
+    decoder = decoder_of(model)
+    original = decoder.layers
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    try:
+        for _ in range(repeats):
+            for name, layers in variants.items():
+                decoder.layers = layers
+                runs[name].append(time_prefill_decode(model, prompt, decode_steps, 1, warmup))
+    finally:
+        decoder.layers = original
+    return {name: {key: statistics.median(r[key] for r in rows) for key in ("prefill_s", "decode_s")}
+            for name, rows in runs.items()}
