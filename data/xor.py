@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data.samplers import epoch_generator
 from common.errors import UserError
+from data.samplers import epoch_generator
 
 
 def make_xor(n: int, generator: torch.Generator, distractors: int = 3, gap: float = 0.05) -> tuple[Tensor, Tensor]:

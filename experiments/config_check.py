@@ -78,7 +78,7 @@ def _strip_annotated(hint: Any) -> Any:
         return typing.get_args(hint)[0]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = tuple(_strip_annotated(a) for a in typing.get_args(hint))
-        return typing.Union[args]
+        return typing.Union[args]  # noqa: UP007  (built at run time from a tuple)
     return hint
 
 

@@ -107,7 +107,7 @@ def results_table(metrics: dict[str, float], conditions: Sequence[str], label_na
              "| condition | test w-F1 | test acc | val w-F1 | max-epoch test w-F1 | " + " | ".join(f"F1 {c}" for c in label_names) + " |",
              "|---" * (5 + len(label_names)) + "|"]
     for name in conditions:
-        m = lambda k: metrics[f"{name}/{k}"]  # noqa: E731
+        m = lambda k, name=name: metrics[f"{name}/{k}"]  # noqa: E731
         lines.append(f"| {name} | {pct(m('test_weighted_f1_median'))} [{pct(m('test_weighted_f1_q25'))}, {pct(m('test_weighted_f1_q75'))}] "
                      f"| {pct(m('test_accuracy_median'))} [{pct(m('test_accuracy_q25'))}, {pct(m('test_accuracy_q75'))}] "
                      f"| {pct(m('val_weighted_f1_median'))} | {pct(m('test_weighted_f1_max_epoch_median'))} | "

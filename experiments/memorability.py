@@ -181,7 +181,7 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     table = (f"{ds.name}: {len(data.scores)} videos ({len(split['train'])} train / {len(split['val'])} val / "
              f"{len(split['test'])} test, split by video, seed {ds.split_seed}); mean MiniLM caption embedding -> "
              f"{ds.target} score; Spearman on held-out videos.\n\n"
-             + _table([{"model": "ridge (alpha %g)" % ridge.alpha, "test_spearman": ridge_test, "val_spearman": float("nan")},
+             + _table([{"model": f"ridge (alpha {ridge.alpha:g})", "test_spearman": ridge_test, "val_spearman": float("nan")},
                        {"model": "regressor", "test_spearman": test_rho, "val_spearman": val_rho}],
                       ["model", "test_spearman", "val_spearman"]))
     return TaskResult(metrics=metrics, table=table, records=records)

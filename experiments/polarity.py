@@ -32,7 +32,11 @@ from models.polarity.freeze_sgd import SignConstraint
 from models.polarity.lit_module import PolarityLitModule
 from models.polarity.run_metrics import run_metrics
 from models.polarity.sign_templates import (
-    align_to_template, constrained_parameters, load_matching, make_template, transferred_names,
+    align_to_template,
+    constrained_parameters,
+    load_matching,
+    make_template,
+    transferred_names,
 )
 
 log = logging.getLogger(__name__)
@@ -112,7 +116,7 @@ def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_sta
         align_to_template(network, per_run(lambda c, t: t))
     else:
         for reset in dict.fromkeys(c.reset for c in conditions):
-            templates = per_run(lambda c, t: t if c.reset == reset else torch.zeros_like(t))
+            templates = per_run(lambda c, t, reset=reset: t if c.reset == reset else torch.zeros_like(t))
             SignConstraint(templates, reset=reset, eps=eps, seed=seed + ALIGN_SEED_OFFSET).project_(network)
     if any(c.init == "source" for c in conditions):
         if population:
@@ -120,7 +124,7 @@ def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_sta
         load_matching(network, source_state)
     constraints = []
     for reset in dict.fromkeys(c.reset for c in conditions if c.freeze):
-        templates = per_run(lambda c, t: t if (c.freeze and c.reset == reset) else torch.zeros_like(t))
+        templates = per_run(lambda c, t, reset=reset: t if (c.freeze and c.reset == reset) else torch.zeros_like(t))
         for name in new_layers:
             templates[name] = torch.zeros_like(templates[name])
         constraints.append(SignConstraint(templates, reset=reset, eps=eps, seed=seed))

@@ -40,7 +40,7 @@ def summarize_conditions(records: Sequence[dict[str, Any]], conditions: Sequence
         metrics[f"{name}/best_val_acc_min"] = float(np.nanmin(best_acc))
         metrics[f"{name}/best_val_acc_max"] = float(np.nanmax(best_acc))
         metrics[f"{name}/runs"] = float(len(runs))
-        cell = lambda k: (f"{_fmt(metrics.get(f'{name}/{k}_median'))} [{_fmt(metrics.get(f'{name}/{k}_q25'))}, "
+        cell = lambda k, name=name: (f"{_fmt(metrics.get(f'{name}/{k}_median'))} [{_fmt(metrics.get(f'{name}/{k}_q25'))}, "
                           f"{_fmt(metrics.get(f'{name}/{k}_q75'))}]")
         rows.append(f"| {name} | {len(runs)} | {cell('val_error')} | {cell('epochs_to_cutoff')} | "
                     f"{metrics[f'{name}/reached_cutoff_fraction']:.0%} | "

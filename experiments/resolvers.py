@@ -7,7 +7,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-
 WANDB_HOST = "api.wandb.ai"
 
 

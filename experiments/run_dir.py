@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 
 from common.errors import UserError
 from common.files import atomic_write_text

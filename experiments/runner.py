@@ -10,18 +10,19 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.config_check import check_key_ranges, check_targets
 from common.errors import UserError
 from common.files import atomic_write_text
 from common.values import json_number, plain_record, plain_value
+from experiments.config_check import check_key_ranges, check_targets
 from experiments.run_context import RunContext, is_global_zero
 from experiments.run_dir import RunDirLock, check_resume_config, remove_stale_results
 

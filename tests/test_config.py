@@ -1,13 +1,12 @@
 """Every config option composes, and every `_target_` in it matches what it instantiates."""
 from __future__ import annotations
 
-
 import pytest
 from hydra.utils import get_method
 from omegaconf import OmegaConf
 
-from experiments.config_check import check_targets
 from common.errors import UserError
+from experiments.config_check import check_targets
 from tests.conftest import CONF, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

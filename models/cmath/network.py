@@ -38,7 +38,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.cmath.layers import DialoguePositions, Head, Stack
 from models.cmath.losses import (
-    distillation_kl, feature_consistency, gaussian_kl, masked_cross_entropy, reconstruction_mse,
+    distillation_kl,
+    feature_consistency,
+    gaussian_kl,
+    masked_cross_entropy,
+    reconstruction_mse,
 )
 
 
@@ -172,9 +176,9 @@ class CMATH(nn.Module):
         """Unweighted loss terms that are switched on (a switched-off part contributes no key)."""
         terms = {"ce": masked_cross_entropy(out.logits, labels, mask, class_weight)}
         if self.loss_weights["fine_ce"]:
-            terms["fine_ce"] = sum(masked_cross_entropy(l, labels, mask, class_weight) for l in out.fine_logits.values())
+            terms["fine_ce"] = sum(masked_cross_entropy(fine, labels, mask, class_weight) for fine in out.fine_logits.values())
         if self.use_distillation:
-            terms["kd"] = sum(distillation_kl(l, out.logits, mask, self.temperature) for l in out.fine_logits.values())
+            terms["kd"] = sum(distillation_kl(fine, out.logits, mask, self.temperature) for fine in out.fine_logits.values())
             terms["feat"] = sum(feature_consistency(f, out.coarse, mask) for f in out.fine_features.values())
         if self.use_variational:
             terms["kl"] = gaussian_kl(out.mu, out.logvar, mask)

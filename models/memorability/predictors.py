@@ -84,7 +84,7 @@ class RidgePredictor(MemorabilityPredictor):
         self.alpha: float | None = None
         self.model = None
 
-    def fit(self, features: np.ndarray, targets: np.ndarray, groups: np.ndarray | None = None) -> "RidgePredictor":
+    def fit(self, features: np.ndarray, targets: np.ndarray, groups: np.ndarray | None = None) -> RidgePredictor:
         from sklearn.linear_model import Ridge
         from sklearn.model_selection import GroupKFold
 
@@ -117,7 +117,7 @@ class LitPredictor(MemorabilityPredictor):
         self.module = module
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "LitPredictor":
+    def from_checkpoint(cls, path: str | Path) -> LitPredictor:
         from models.memorability.regressor import MemorabilityRegressor
 
         if not Path(path).is_file():

@@ -28,7 +28,7 @@ class SaliencyModel(ABC):
             raise UserError(f"saliency.work_width={work_width} must be >= 16 pixels")
         self.work_width = int(work_width)
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027  (an optional hook: stateless backends keep this no-op)
         """Forget state from the previous clip."""
 
     def resize(self, frame: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ class Samples:
     def __len__(self) -> int:
         return len(self.users)
 
-    def extend(self, users: Tensor, items: Tensor, ratings: Tensor) -> "Samples":
+    def extend(self, users: Tensor, items: Tensor, ratings: Tensor) -> Samples:
         return Samples(torch.cat([self.users, users]), torch.cat([self.items, items]), torch.cat([self.ratings, ratings]))
 
 

@@ -11,7 +11,12 @@ import torch
 from common.errors import UserError
 from data import text_features
 from data.conversations import (
-    FEATURE_LAYOUTS, ConversationDataModule, collate_dialogues, read_cosmic, read_feature_pickle, synthetic_corpus,
+    FEATURE_LAYOUTS,
+    ConversationDataModule,
+    collate_dialogues,
+    read_cosmic,
+    read_feature_pickle,
+    synthetic_corpus,
 )
 
 IEMOCAP = ["hap", "sad", "neu", "ang", "exc", "fru"]

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from data.image_readers import load_images, read_idx
 from data.images import ImageDataModule
 from data.samplers import EpochSeededSampler
-from common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,11 @@ import pytest
 
 from common.errors import UserError
 from data.memorability_scores import (
-    load_scored_captions, read_memento10k_captions, read_memento10k_scores, read_videomem_captions, read_videomem_scores,
+    load_scored_captions,
+    read_memento10k_captions,
+    read_memento10k_scores,
+    read_videomem_captions,
+    read_videomem_scores,
 )
 
 MEMO = Path("video") / "memorability"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data.xor import StackedBatchSampler, XorDataModule, make_xor
 from common.errors import UserError
+from data.xor import StackedBatchSampler, XorDataModule, make_xor
 
 
 def test_geometry_and_labels_match_the_paper() -> None:

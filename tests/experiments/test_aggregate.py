@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from experiments.aggregate import collect_records, compare, main, summarize
 from common.errors import UserError
+from experiments.aggregate import collect_records, compare, main, summarize
 from experiments.stats import holm, mann_whitney, median_iqr, wilcoxon_paired
 
 

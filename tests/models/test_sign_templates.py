@@ -7,7 +7,12 @@ import torch
 from common.errors import UserError
 from models.polarity.networks import PopulationMLP, SmallCNN
 from models.polarity.sign_templates import (
-    align_to_template, constrained_parameters, load_matching, make_template, sign_of, transferred_names,
+    align_to_template,
+    constrained_parameters,
+    load_matching,
+    make_template,
+    sign_of,
+    transferred_names,
 )
 
 
@@ -69,8 +74,9 @@ def test_in_weight_copies_every_matching_tensor_but_not_the_new_head() -> None:
 def test_positive_template_with_zero_reset_is_projected_descent_onto_nonnegative_weights() -> None:
     """Train with the nonneg arm's settings: every weight stays >= 0, the projection really fires (some
     weights sit exactly at 0), and the unconstrained biases do go negative."""
-    from models.polarity.freeze_sgd import SignConstraint
     import torch.nn.functional as F
+
+    from models.polarity.freeze_sgd import SignConstraint
 
     net = PopulationMLP(num_runs=2, hidden=16, init_seeds=[0, 1])
     template = make_template("positive", net)

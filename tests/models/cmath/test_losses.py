@@ -6,7 +6,12 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from models.cmath.losses import (
-    distillation_kl, feature_consistency, gaussian_kl, masked_cross_entropy, reconstruction_mse, weighted_total,
+    distillation_kl,
+    feature_consistency,
+    gaussian_kl,
+    masked_cross_entropy,
+    reconstruction_mse,
+    weighted_total,
 )
 
 

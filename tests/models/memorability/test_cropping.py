@@ -6,7 +6,13 @@ import pytest
 
 from common.errors import UserError
 from models.memorability.cropping import (
-    DynamicPositionCropper, DynamicSizeCropper, FixedCropper, apply_crop, box_at, centroids, smooth,
+    DynamicPositionCropper,
+    DynamicSizeCropper,
+    FixedCropper,
+    apply_crop,
+    box_at,
+    centroids,
+    smooth,
 )
 from models.memorability.saliency import SpectralResidualSaliency
 from tests.models.memorability.synthetic import moving_square

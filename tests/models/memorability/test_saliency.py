@@ -7,7 +7,10 @@ import pytest
 from common.errors import UserError
 from models.memorability.cropping import centroids
 from models.memorability.saliency import (
-    DeepGazeIIESaliency, FineGrainedSaliency, MotionSaliency, SpectralResidualSaliency,
+    DeepGazeIIESaliency,
+    FineGrainedSaliency,
+    MotionSaliency,
+    SpectralResidualSaliency,
 )
 from tests.models.memorability.synthetic import moving_square
 

@@ -1,11 +1,10 @@
 """APR and random-noise perturbations: norm eps per row, adversarial direction, warm-up."""
+import pytest
 import torch
 import torch.nn.functional as F
 
 from models.recsys.defenses import AdversarialTraining, NoDefense, RandomNoise, TripleCooperative
 from models.recsys.networks import MatrixFactorization, NeuMF
-
-import pytest
 
 
 def batch():
