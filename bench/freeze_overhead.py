@@ -7,6 +7,7 @@ the same random batches; the Freeze arm projects onto a sign template after ever
 the two arms are interleaved one by one and each is timed; the ratio of the arms' median step times
 is printed (target <= 1.10) and written as JSON when --out is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,10 @@ def measure(batch_size: int, steps: int, reset: str) -> dict[str, float]:
     """Median step time of each arm, the arms interleaved step by step (alternating which goes first),
     so a slow spell of the machine hits both; medians ignore the spikes a shared machine produces."""
     generator = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(batch_size, 1, 28, 28, generator=generator), torch.randint(0, 10, (batch_size,), generator=generator))
-               for _ in range(16)]
+    batches = [
+        (torch.randn(batch_size, 1, 28, 28, generator=generator), torch.randint(0, 10, (batch_size,), generator=generator))
+        for _ in range(16)
+    ]
     fluid, freeze = make_arm(False, reset), make_arm(True, reset)
     times: dict[str, list[float]] = {"fluid": [], "freeze": []}
     for step in range(steps + 20):
@@ -63,9 +66,14 @@ def measure(batch_size: int, steps: int, reset: str) -> dict[str, float]:
                 times[name].append(elapsed)
     fluid_ms, freeze_ms = (statistics.median(times[k]) * 1e3 for k in ("fluid", "freeze"))
     fluid_q, freeze_q = (statistics.quantiles(times[k], n=4) for k in ("fluid", "freeze"))
-    return {"fluid_step_ms": fluid_ms, "freeze_step_ms": freeze_ms, "ratio": freeze_ms / fluid_ms,
-            "fluid_step_ms_iqr": [q * 1e3 for q in (fluid_q[0], fluid_q[2])],
-            "freeze_step_ms_iqr": [q * 1e3 for q in (freeze_q[0], freeze_q[2])], "steps": steps}
+    return {
+        "fluid_step_ms": fluid_ms,
+        "freeze_step_ms": freeze_ms,
+        "ratio": freeze_ms / fluid_ms,
+        "fluid_step_ms_iqr": [q * 1e3 for q in (fluid_q[0], fluid_q[2])],
+        "freeze_step_ms_iqr": [q * 1e3 for q in (freeze_q[0], freeze_q[2])],
+        "steps": steps,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(batch_size, args.steps if batch_size <= 64 else max(100, args.steps // 8), args.reset)
         results[f"batch{batch_size}"] = row
         fluid_iqr, freeze_iqr = row["fluid_step_ms_iqr"], row["freeze_step_ms_iqr"]
-        print(f"| {batch_size} | {row['fluid_step_ms']:.3f} [{fluid_iqr[0]:.3f}, {fluid_iqr[1]:.3f}] | "
-              f"{row['freeze_step_ms']:.3f} [{freeze_iqr[0]:.3f}, {freeze_iqr[1]:.3f}] | {row['ratio']:.3f} |")
+        print(
+            f"| {batch_size} | {row['fluid_step_ms']:.3f} [{fluid_iqr[0]:.3f}, {fluid_iqr[1]:.3f}] | "
+            f"{row['freeze_step_ms']:.3f} [{freeze_iqr[0]:.3f}, {freeze_iqr[1]:.3f}] | {row['ratio']:.3f} |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

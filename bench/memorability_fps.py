@@ -8,6 +8,7 @@ boxes + cutting and resizing every frame (writing the video is left out: its cod
 cropping's). Arms alternate, `--repeats` times each, and the medians are compared (target: pipeline
 >= 0.5 x decode with spectral residual at 640x272). ResMem: batches of 227x227 frames on the CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,13 +66,21 @@ def resmem_fps(frames: int, batch: int = 8) -> dict[str, float]:
     start = time.perf_counter()
     predictor.predict(images)
     seconds = time.perf_counter() - start
-    return {"frames": frames, "batch_size": batch, "seconds": seconds, "frames_per_s": frames / seconds,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "frames": frames,
+        "batch_size": batch,
+        "seconds": seconds,
+        "frames_per_s": frames / seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_clip = Path(os.environ.get("FIVEFOLD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "video/clips/bikes.mp4"
+    default_clip = (
+        Path(os.environ.get("FIVEFOLD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+        / "video/clips/bikes.mp4"
+    )
     parser.add_argument("--clip", type=Path, default=default_clip)
     parser.add_argument("--saliency", default="spectral_residual", choices=sorted(SALIENCY))
     parser.add_argument("--repeats", type=int, default=3)
@@ -94,8 +103,14 @@ def main() -> None:
         for name in CROPPERS:
             crop_times[name].append(pipeline(args.clip, args.saliency, name)[1])
     decode_fps = frames / statistics.median(decode_times)
-    result = {"clip": str(args.clip), "frames": frames, "saliency": args.saliency, "repeats": args.repeats,
-              "decode_fps": decode_fps, "pipeline": {}}
+    result = {
+        "clip": str(args.clip),
+        "frames": frames,
+        "saliency": args.saliency,
+        "repeats": args.repeats,
+        "decode_fps": decode_fps,
+        "pipeline": {},
+    }
     print(f"{args.clip.name}: {frames} frames, decode-only {decode_fps:.1f} frames/s (median of {args.repeats})")
     for name, times in crop_times.items():
         fps = frames / statistics.median(times)
@@ -103,8 +118,10 @@ def main() -> None:
         print(f"  crop {name:17s} {fps:7.1f} frames/s  = {fps / decode_fps:.2f} x decode (target >= 0.5)")
     if args.resmem_frames > 0:
         result["resmem"] = resmem_fps(args.resmem_frames)
-        print(f"ResMem on CPU: {result['resmem']['frames_per_s']:.2f} frames/s "
-              f"({args.resmem_frames} frames, batch {result['resmem']['batch_size']}, {result['resmem']['torch_threads']} threads)")
+        print(
+            f"ResMem on CPU: {result['resmem']['frames_per_s']:.2f} frames/s "
+            f"({args.resmem_frames} frames, batch {result['resmem']['batch_size']}, {result['resmem']['torch_threads']} threads)"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

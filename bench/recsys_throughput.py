@@ -8,6 +8,7 @@ time included) over that of plain MF (target >= 0.8). Both arms use the task's c
 gradients, TF1 Adadelta lr 20, batch 2048) on the reference ML-100K split with a 3 % average attack.
 With --tcd-epochs N it also times a whole N-epoch TCD run (the issue's target: 40 epochs < 3 min on 2 cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def arm(defense, epochs: int, samples: Samples, rated: torch.Tensor, n_items: in
     models = [MatrixFactorization(rated.shape[0], n_items) for _ in range(defense.n_models)]
     optimizers = [TF1Adadelta(m.parameters(), lr=20.0) for m in models]
     t0 = time.perf_counter()
-    stats = fit(models, optimizers, samples, defense, epochs, 2048, rated, 5.0, torch.Generator().manual_seed(0),
-                stats=LoopStats())
+    stats = fit(
+        models, optimizers, samples, defense, epochs, 2048, rated, 5.0, torch.Generator().manual_seed(0), stats=LoopStats()
+    )
     return stats, time.perf_counter() - t0
 
 
@@ -61,11 +63,14 @@ def main() -> None:
     mf, mf_wall = arm(NoDefense(), args.epochs, samples, rated, data.n_items)
     tcd, tcd_wall = arm(TripleCooperative(start_epoch=0), args.epochs, samples, rated, data.n_items)
     result = {
-        "epochs": args.epochs, "threads": args.threads,
+        "epochs": args.epochs,
+        "threads": args.threads,
         "mf_samples_per_s": mf.samples / mf_wall,
-        "tcd_samples_per_s": tcd.samples / tcd_wall,             # wall time: pseudo-labelling included
+        "tcd_samples_per_s": tcd.samples / tcd_wall,  # wall time: pseudo-labelling included
         "tcd_pseudo_labels_per_model": sum(tcd.pseudo_per_model) / max(len(tcd.pseudo_per_model), 1),
-        "tcd_label_seconds": tcd.label_seconds, "tcd_wall_s": tcd_wall, "mf_wall_s": mf_wall,
+        "tcd_label_seconds": tcd.label_seconds,
+        "tcd_wall_s": tcd_wall,
+        "mf_wall_s": mf_wall,
     }
     result["ratio_tcd_over_mf"] = result["tcd_samples_per_s"] / result["mf_samples_per_s"]
     if args.tcd_epochs:

@@ -7,6 +7,7 @@ and `experiment=nonneg_xor`, each with logger=wandb (the default) and logger=non
 start-up (imports), W&B and the fits can be told apart. Run it on an idle machine: the figures are
 wall-clock times, and a loaded machine stretches them all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,18 @@ def time_command(args: list[str] | None, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = ([sys.executable, "-c", "import torch, lightning"] if args is None
-                   else [sys.executable, "run.py", *args, f"hydra.run.dir={tmp}/run"])
+            cmd = (
+                [sys.executable, "-c", "import torch, lightning"]
+                if args is None
+                else [sys.executable, "run.py", *args, f"hydra.run.dir={tmp}/run"]
+            )
             start = time.perf_counter()
-            subprocess.run(cmd, cwd=REPO, capture_output=True, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true",
-                                                                   "PATH": "/usr/bin:/bin", "HOME": tmp})
+            subprocess.run(
+                cmd,
+                cwd=REPO,
+                capture_output=True,
+                env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin", "HOME": tmp},
+            )
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 

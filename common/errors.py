@@ -3,6 +3,7 @@
 Anything a user can get wrong (a config value, a missing data file, an unwritable directory) is raised
 as :class:`UserError`; ``run.py`` prints its message on one line and exits with status 2.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ Data families (images, conversations, ratings, videos, text corpora) share these
 always stops with one line naming the path and where to get it, and an interrupted download or write
 never leaves a file that looks complete.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Annotate a constructor parameter as ``Annotated[float, Range(gt=0)]`` and a bad value in YAML or on the
 command line stops the run in one line naming the key, for every task, with no per-task code.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,12 @@ class Range:
             return None
         if isinstance(value, float) and not math.isfinite(value):
             return "must be a finite number"
-        for bound, ok, word in ((self.ge, lambda b: value >= b, ">="), (self.gt, lambda b: value > b, ">"),
-                                (self.le, lambda b: value <= b, "<="), (self.lt, lambda b: value < b, "<")):
+        for bound, ok, word in (
+            (self.ge, lambda b: value >= b, ">="),
+            (self.gt, lambda b: value > b, ">"),
+            (self.le, lambda b: value <= b, "<="),
+            (self.lt, lambda b: value < b, "<"),
+        ):
             if bound is not None and not ok(bound):
                 return f"must be {word} {bound:g}"
         return None

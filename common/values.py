@@ -1,5 +1,6 @@
 """Plain Python values for JSON: numpy and torch scalars become int/float/bool at the moment they are
 recorded, so a float32 metric never makes `json.dumps` fail after all the compute is done."""
+
 from __future__ import annotations
 
 import math

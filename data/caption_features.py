@@ -6,6 +6,7 @@ L2 normalisation, as sentence-transformers does for this model. Embeddings are c
 `cache_dir`, keyed by a hash of the texts; when `cache_dir` is not writable (the shared data root is
 read-only) the cache falls back to ~/.cache/fivefold/memorability.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,8 +80,13 @@ class CaptionEncoder:
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
-                                        max_length=self.max_length, return_tensors="pt")
+                batch = self._tokenizer(
+                    list(texts[start : start + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 hidden = self._model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -107,8 +113,8 @@ def caption_tensor(encoder: CaptionEncoder, captions: Sequence[Sequence[str]]) -
     mask = np.zeros((len(captions), k), bool)
     position = 0
     for i, video in enumerate(captions):
-        features[i, :len(video)] = embedded[position:position + len(video)]
-        mask[i, :len(video)] = True
+        features[i, : len(video)] = embedded[position : position + len(video)]
+        mask[i, : len(video)] = True
         position += len(video)
     return features, mask
 
@@ -142,16 +148,25 @@ class CaptionSets(Dataset):
 class CaptionDataModule(L.LightningDataModule):
     """Train / val / test videos as CaptionSets (the split is by video, made by the task)."""
 
-    def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], batch_size: int = 128,
-                 subsample: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+        batch_size: int = 128,
+        subsample: bool = True,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.splits, self.batch_size, self.subsample, self.seed = splits, int(batch_size), subsample, seed
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         features, mask, targets = self.splits[name]
         dataset = CaptionSets(features, mask, targets, subsample=train and self.subsample, seed=self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train,
-                          generator=torch.Generator().manual_seed(self.seed) if train else None)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

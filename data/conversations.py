@@ -13,6 +13,7 @@ Formats (all `pickle.load(f, encoding="latin1")`, dicts keyed by dialogue id):
 The feature pickles have no validation split; as in MMGCN/SDT-style code a fixed fraction of the
 training dialogues (`valid_fraction`, fixed seed, never the test ones) is held out for model choice.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -111,16 +112,20 @@ def check_dialogue(dialogue: Dialogue, num_classes: int, dims: Mapping[str, int]
     if n == 0:
         raise UserError(f"{where}: dialogue {dialogue.id!r} has no utterances; remove it from the splits")
     if dialogue.labels.min() < 0 or dialogue.labels.max() >= num_classes:
-        raise UserError(f"{where}: dialogue {dialogue.id!r} has label {int(dialogue.labels.max())} outside 0..{num_classes - 1} "
-                        f"(dataset.label_names has {num_classes} names)")
+        raise UserError(
+            f"{where}: dialogue {dialogue.id!r} has label {int(dialogue.labels.max())} outside 0..{num_classes - 1} "
+            f"(dataset.label_names has {num_classes} names)"
+        )
     if len(dialogue.speakers) != n:
         raise UserError(f"{where}: dialogue {dialogue.id!r} has {len(dialogue.speakers)} speakers for {n} labels")
     for name, array in dialogue.features.items():
         if array.ndim != 2 or array.shape[0] != n:
             raise UserError(f"{where}: dialogue {dialogue.id!r} {name} features have shape {array.shape}, expected ({n}, D)")
         if dims is not None and array.shape[1] != dims[name]:
-            raise UserError(f"{where}: dialogue {dialogue.id!r} {name} features are {array.shape[1]}-d, expected {dims[name]}-d "
-                            "like the other dialogues")
+            raise UserError(
+                f"{where}: dialogue {dialogue.id!r} {name} features are {array.shape[1]}-d, expected {dims[name]}-d "
+                "like the other dialogues"
+            )
 
 
 def _finish(splits: dict[str, list[Dialogue]], label_names: Sequence[str], num_speakers: int, where: str) -> Corpus:
@@ -134,8 +139,14 @@ def _finish(splits: dict[str, list[Dialogue]], label_names: Sequence[str], num_s
     return Corpus(splits, list(label_names), num_speakers)
 
 
-def read_cosmic(path: str | Path, fields: Mapping[str, int], label_names: Sequence[str], num_speakers: int,
-                speaker_names: Sequence[str] | None = None, text_encoding: str | None = None) -> Corpus:
+def read_cosmic(
+    path: str | Path,
+    fields: Mapping[str, int],
+    label_names: Sequence[str],
+    num_speakers: int,
+    speaker_names: Sequence[str] | None = None,
+    text_encoding: str | None = None,
+) -> Corpus:
     """COSMIC metadata pickle (transcripts only; features are added later by the text encoder)."""
     data = load_pickle(path, "cosmic")
     needed = ("speakers", "labels", "sentences", "train", "valid", "test")
@@ -157,8 +168,15 @@ def read_cosmic(path: str | Path, fields: Mapping[str, int], label_names: Sequen
             text = [fix_text(s, text_encoding) for s in sentences[key]]
             if len(text) != len(labels[key]):
                 raise UserError(f"{path}: dialogue {key!r} has {len(text)} sentences for {len(labels[key])} labels")
-            dialogues.append(Dialogue(str(key), speaker_ids(speakers[key], speaker_names, num_speakers, f"{path} {key}"),
-                                      np.asarray(labels[key], dtype=np.int64), {}, text))
+            dialogues.append(
+                Dialogue(
+                    str(key),
+                    speaker_ids(speakers[key], speaker_names, num_speakers, f"{path} {key}"),
+                    np.asarray(labels[key], dtype=np.int64),
+                    {},
+                    text,
+                )
+            )
         splits[split] = dialogues
     return _finish(splits, label_names, num_speakers, str(path))
 
@@ -173,9 +191,15 @@ def split_train_valid(keys: Sequence[Any], valid_fraction: float, seed: int = 0)
     return [k for i, k in enumerate(keys) if i not in valid], [k for i, k in enumerate(keys) if i in valid]
 
 
-def read_feature_pickle(path: str | Path, layout: str, label_names: Sequence[str], num_speakers: int,
-                        modalities: Sequence[str] = ("text", "audio", "visual"), speaker_names: Sequence[str] | None = None,
-                        valid_fraction: float = 0.1) -> Corpus:
+def read_feature_pickle(
+    path: str | Path,
+    layout: str,
+    label_names: Sequence[str],
+    num_speakers: int,
+    modalities: Sequence[str] = ("text", "audio", "visual"),
+    speaker_names: Sequence[str] | None = None,
+    valid_fraction: float = 0.1,
+) -> Corpus:
     """MMGCN/DialogueGCN or SDT feature pickle (`layout` in FEATURE_LAYOUTS) -> Corpus with the chosen modalities."""
     if layout not in FEATURE_LAYOUTS:
         raise UserError(f"dataset.layout={layout!r}: expected one of {sorted(FEATURE_LAYOUTS)}")
@@ -183,8 +207,10 @@ def read_feature_pickle(path: str | Path, layout: str, label_names: Sequence[str
     data = load_pickle(path, layout.split("_")[0])
     if not isinstance(data, (list, tuple)) or len(data) != len(names):
         size = len(data) if isinstance(data, (list, tuple)) else type(data).__name__
-        raise UserError(f"{path}: layout {layout} expects a {len(names)}-tuple ({', '.join(names)}), got {size} entries; "
-                        f"check dataset.layout (one of {sorted(FEATURE_LAYOUTS)})")
+        raise UserError(
+            f"{path}: layout {layout} expects a {len(names)}-tuple ({', '.join(names)}), got {size} entries; "
+            f"check dataset.layout (one of {sorted(FEATURE_LAYOUTS)})"
+        )
     fields = {name: data[i] for i, name in enumerate(names) if name != "_"}
     unknown = [m for m in modalities if m not in ("text", "audio", "visual")]
     if unknown:
@@ -195,17 +221,31 @@ def read_feature_pickle(path: str | Path, layout: str, label_names: Sequence[str
         dialogues = []
         for key in keys:
             feats = {m: np.asarray(fields[m][key], dtype=np.float32) for m in modalities}
-            dialogues.append(Dialogue(str(key), speaker_ids(fields["speakers"][key], speaker_names, num_speakers, f"{path} {key}"),
-                                      np.asarray(fields["labels"][key], dtype=np.int64), feats,
-                                      list(fields["sentences"][key]) if key in fields["sentences"] else None))
+            dialogues.append(
+                Dialogue(
+                    str(key),
+                    speaker_ids(fields["speakers"][key], speaker_names, num_speakers, f"{path} {key}"),
+                    np.asarray(fields["labels"][key], dtype=np.int64),
+                    feats,
+                    list(fields["sentences"][key]) if key in fields["sentences"] else None,
+                )
+            )
         splits[split] = dialogues
     return _finish(splits, label_names, num_speakers, str(path))
 
 
 # ------------------------------------------------------------------------------------------ corpora from config
-def cosmic_text_corpus(path: str | Path, fields: Mapping[str, int], label_names: Sequence[str], num_speakers: int,
-                       speaker_names: Sequence[str] | None = None, text_encoding: str | None = None,
-                       cache_dir: str | None = None, cache_name: str = "corpus", batch_size: int = 64) -> Corpus:
+def cosmic_text_corpus(
+    path: str | Path,
+    fields: Mapping[str, int],
+    label_names: Sequence[str],
+    num_speakers: int,
+    speaker_names: Sequence[str] | None = None,
+    text_encoding: str | None = None,
+    cache_dir: str | None = None,
+    cache_name: str = "corpus",
+    batch_size: int = 64,
+) -> Corpus:
     """COSMIC transcripts + frozen all-MiniLM-L6-v2 sentence embeddings as the `text` modality (cached)."""
     from data.text_features import cached_embeddings
 
@@ -214,15 +254,23 @@ def cosmic_text_corpus(path: str | Path, fields: Mapping[str, int], label_names:
     embeddings = cached_embeddings([s for d in dialogues for s in d.sentences], cache_dir, cache_name, batch_size)
     start = 0
     for dialogue in dialogues:
-        dialogue.features["text"] = embeddings[start:start + len(dialogue.labels)]
+        dialogue.features["text"] = embeddings[start : start + len(dialogue.labels)]
         start += len(dialogue.labels)
     return corpus
 
 
-def synthetic_corpus(num_dialogues: Sequence[int] = (120, 20, 40), length: tuple[int, int] = (10, 30),
-                     dims: Mapping[str, int] | None = None, signal: Mapping[str, float] | None = None,
-                     num_classes: int = 4, num_speakers: int = 2, noise: float = 1.0, stay: float = 0.7,
-                     degrade: Mapping[str, Any] | None = None, seed: int = 0) -> Corpus:
+def synthetic_corpus(
+    num_dialogues: Sequence[int] = (120, 20, 40),
+    length: tuple[int, int] = (10, 30),
+    dims: Mapping[str, int] | None = None,
+    signal: Mapping[str, float] | None = None,
+    num_classes: int = 4,
+    num_speakers: int = 2,
+    noise: float = 1.0,
+    stay: float = 0.7,
+    degrade: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Corpus:
     """Multimodal dialogues with a planted signal, for tests and the modality-quality experiment.
 
     Labels follow a Markov chain along the dialogue (probability `stay` of keeping the previous one), so
@@ -243,7 +291,9 @@ def synthetic_corpus(num_dialogues: Sequence[int] = (120, 20, 40), length: tuple
             labels[0] = rng.integers(num_classes)
             for t in range(1, n):
                 labels[t] = labels[t - 1] if rng.random() < stay else rng.integers(num_classes)
-            feats = {m: (signal[m] * prototypes[m][labels] + rng.normal(0, noise, (n, d))).astype(np.float32) for m, d in dims.items()}
+            feats = {
+                m: (signal[m] * prototypes[m][labels] + rng.normal(0, noise, (n, d))).astype(np.float32) for m, d in dims.items()
+            }
             if degrade and degrade.get("modality"):
                 m = degrade["modality"]
                 feats[m] = feats[m] + rng.normal(0, float(degrade.get("noise_std", 0.0)), feats[m].shape).astype(np.float32)
@@ -278,8 +328,16 @@ class ConversationDataModule(L.LightningDataModule):
     read test figures at the epoch chosen on validation. `seed` only changes the training order.
     """
 
-    def __init__(self, corpus: Corpus | Callable[[], Corpus], batch_size: int = 16, eval_batch_size: int = 64,
-                 class_weights: Sequence[float] | None = None, name: str = "erc", seed: int = 0, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        corpus: Corpus | Callable[[], Corpus],
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        class_weights: Sequence[float] | None = None,
+        name: str = "erc",
+        seed: int = 0,
+        limit: int | None = None,
+    ) -> None:
         super().__init__()
         self.corpus = corpus if isinstance(corpus, Corpus) else corpus()
         self.batch_size, self.eval_batch_size, self.seed, self.limit = batch_size, eval_batch_size, seed, limit
@@ -289,7 +347,11 @@ class ConversationDataModule(L.LightningDataModule):
 
     @property
     def network_kwargs(self) -> dict[str, Any]:
-        return {"dims": self.corpus.modality_dims, "num_classes": len(self.corpus.label_names), "num_speakers": self.corpus.num_speakers}
+        return {
+            "dims": self.corpus.modality_dims,
+            "num_classes": len(self.corpus.label_names),
+            "num_speakers": self.corpus.num_speakers,
+        }
 
     def split(self, name: str) -> list[Dialogue]:
         dialogues = self.corpus.splits[name]
@@ -297,7 +359,11 @@ class ConversationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.split("train"), batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=collate_dialogues)
+        return DataLoader(
+            self.split("train"), batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=collate_dialogues
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(self.split(s), batch_size=self.eval_batch_size, collate_fn=collate_dialogues) for s in ("valid", "test")]
+        return [
+            DataLoader(self.split(s), batch_size=self.eval_batch_size, collate_fn=collate_dialogues) for s in ("valid", "test")
+        ]

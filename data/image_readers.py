@@ -6,6 +6,7 @@ Every reader returns ``images`` as uint8 (N, H, W) for grey or (N, H, W, 3) RGB 
 A missing file is downloaded only when allowed (``dataset.download=true``); otherwise it stops with one
 line naming the path and the official URL.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -61,8 +62,10 @@ def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
         raise UserError(f"corrupt IDX file {path}: truncated header; delete it and download it again")
     dims = struct.unpack(f">{ndim}i", raw[4:offset])
     if len(raw) - offset != int(np.prod(dims, dtype=np.int64)):
-        raise UserError(f"corrupt IDX file {path}: {len(raw) - offset} data bytes for shape {dims} "
-                        "(truncated?); delete it and download it again")
+        raise UserError(
+            f"corrupt IDX file {path}: {len(raw) - offset} data bytes for shape {dims} "
+            "(truncated?); delete it and download it again"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
 
 
@@ -73,8 +76,10 @@ def _read_idx_pair(root: Path, split: str, download: bool, url: str) -> Arrays:
         ensure_file(path, url + path.name, download)
     images, labels = read_idx(image_path), read_idx(label_path).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"{image_path} and {label_path} do not match (shapes {images.shape}, {labels.shape}): "
-                        "delete them and download them again")
+        raise UserError(
+            f"{image_path} and {label_path} do not match (shapes {images.shape}, {labels.shape}): "
+            "delete them and download them again"
+        )
     return images, labels
 
 

@@ -5,6 +5,7 @@ The DataModule fixes every random choice that should not vary between conditions
 validation points) with constant seeds, and varies only the training subset and its order with
 ``subset_seed``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ def pool_indices(n: int, pool: tuple[float, float], key: str = "dataset") -> np.
     if not 0.0 <= low < high <= 1.0:
         raise UserError(f"{key}.pool={list(pool)} must satisfy 0 <= low < high <= 1")
     order = np.random.default_rng(_POOL_SEED).permutation(n)
-    return order[round(low * n):round(high * n)]
+    return order[round(low * n) : round(high * n)]
 
 
 def stratified_subset(labels: np.ndarray, n: int | None, seed: int, key: str = "dataset") -> np.ndarray:
@@ -59,8 +60,10 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int, key: str = "
     if n is None:
         return np.arange(len(labels))
     if not 0 < n <= len(labels):
-        raise UserError(f"{key}.n_train={n} must be between 1 and the training pool size {len(labels)}: "
-                        f"lower {key}.n_train or widen {key}.pool")
+        raise UserError(
+            f"{key}.n_train={n} must be between 1 and the training pool size {len(labels)}: "
+            f"lower {key}.n_train or widen {key}.pool"
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     class_order = rng.permutation(np.unique(labels))
@@ -94,7 +97,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     total_sq = torch.zeros_like(total)
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].to(torch.float64) / 255.0
+        x = images[start : start + chunk].to(torch.float64) / 255.0
         total += x.sum(dim=(0, 2, 3))
         total_sq += (x * x).sum(dim=(0, 2, 3))
     count = max(images.numel() // images.shape[1], 1)
@@ -153,10 +156,22 @@ class _Prepared:
 class ImageDataModule(L.LightningDataModule):
     """Image classification data with a fixed pool split, a seeded training subset and fixed validation."""
 
-    def __init__(self, name: str, root: str, n_train: int | None = None, n_val: int = 2000,
-                 classes: list[int] | None = None, pool: tuple[float, float] = (0.0, 1.0), subset_seed: int = 0,
-                 batch_size: int = 32, eval_batch_size: int = 1000, resize: int | None = None,
-                 num_workers: int = 0, download: bool = False, config_key: str = "dataset") -> None:
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        n_train: int | None = None,
+        n_val: int = 2000,
+        classes: list[int] | None = None,
+        pool: tuple[float, float] = (0.0, 1.0),
+        subset_seed: int = 0,
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        resize: int | None = None,
+        num_workers: int = 0,
+        download: bool = False,
+        config_key: str = "dataset",
+    ) -> None:
         super().__init__()
         self.config_key = config_key  # the config node this module was built from: errors name its keys
         if name not in READERS:
@@ -206,9 +221,18 @@ class ImageDataModule(L.LightningDataModule):
         mean, std = channel_stats(train_images[torch.from_numpy(np.sort(pool))])
         val_idx, test_idx = eval_split(len(test_y), self.n_val, self.config_key)
         num_classes = len(self.classes) if self.classes else int(max(train_y.max(), test_y.max())) + 1
-        self._data = _Prepared(train_images, torch.from_numpy(train_y), train_idx, self._rows["train"][0][train_idx], test_images,
-                               torch.from_numpy(test_y), val_idx, test_idx, NormaliseCollate(mean, std, self.resize),
-                               num_classes)
+        self._data = _Prepared(
+            train_images,
+            torch.from_numpy(train_y),
+            train_idx,
+            self._rows["train"][0][train_idx],
+            test_images,
+            torch.from_numpy(test_y),
+            val_idx,
+            test_idx,
+            NormaliseCollate(mean, std, self.resize),
+            num_classes,
+        )
 
     def _pool_positions(self) -> np.ndarray:
         """Positions (in the class-filtered training arrays) of the images in ``pool``. The pool is cut from
@@ -259,9 +283,16 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray, train: bool) -> DataLoader:
         dataset = IndexedImages(images, labels, idx)
         sampler = EpochSeededSampler(len(dataset), seed=self.subset_seed) if train else None
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          shuffle=False, drop_last=False, num_workers=self.num_workers,
-                          collate_fn=self.prepared.collate, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=False,
+            num_workers=self.num_workers,
+            collate_fn=self.prepared.collate,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         d = self.prepared

@@ -11,6 +11,7 @@ Layouts, as released to MediaEval participants (and mirrored by MeMAD-project/me
 Videos are not redistributable: Memento10k from http://memento.csail.mit.edu (request form), VideoMem
 from https://www.interdigital.com/data_sets/video-memorability-dataset.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,10 +23,14 @@ import numpy as np
 from common.errors import UserError
 from common.files import require_file
 
-MEMENTO_HOW = ("Memento10k MediaEval 2021 files: https://github.com/MeMAD-project/media-memorability "
-               "(data/memento10k) or http://memento.csail.mit.edu; set dataset.scores / dataset.captions")
-VIDEOMEM_HOW = ("VideoMem MediaEval 2019 dev set: https://www.interdigital.com/data_sets/video-memorability-dataset "
-                "(ground-truth CSV and captions TXT); set dataset.scores / dataset.captions")
+MEMENTO_HOW = (
+    "Memento10k MediaEval 2021 files: https://github.com/MeMAD-project/media-memorability "
+    "(data/memento10k) or http://memento.csail.mit.edu; set dataset.scores / dataset.captions"
+)
+VIDEOMEM_HOW = (
+    "VideoMem MediaEval 2019 dev set: https://www.interdigital.com/data_sets/video-memorability-dataset "
+    "(ground-truth CSV and captions TXT); set dataset.scores / dataset.captions"
+)
 MEMENTO_SCORE_COLUMNS = {"short_term": "scores_normalized_short_term", "short_term_raw": "scores_raw_short_term"}
 VIDEOMEM_SCORE_COLUMNS = {"short_term": "short-term_memorability", "long_term": "long-term_memorability"}
 
@@ -35,8 +40,8 @@ class ScoredCaptions:
     """Videos with a score and their captions, aligned by position."""
 
     video_ids: list[str]
-    scores: np.ndarray            # (N,)
-    captions: list[list[str]]     # N lists of non-empty captions
+    scores: np.ndarray  # (N,)
+    captions: list[list[str]]  # N lists of non-empty captions
 
 
 def _rows(path: Path, how: str, required: set[str]) -> list[dict[str, str]]:
@@ -107,8 +112,9 @@ READERS = {  # dataset.format -> (scores reader, captions reader)
 }
 
 
-def load_scored_captions(fmt: str, scores: str | Path, captions: str | Path, target: str = "short_term",
-                         limit: int | None = None) -> ScoredCaptions:
+def load_scored_captions(
+    fmt: str, scores: str | Path, captions: str | Path, target: str = "short_term", limit: int | None = None
+) -> ScoredCaptions:
     """Videos present in both files (score-file order), with at least one caption; `limit` keeps the first ones."""
     if fmt not in READERS:
         raise UserError(f"dataset.format={fmt!r} must be one of {sorted(READERS)}")

@@ -7,6 +7,7 @@ Models train on ratings divided by ``max_rating`` (TCD Sec. 4: MF on normalised 
 line (wrong column count, a non-number, a negative id, an empty file) stops with an error naming the file
 and the line number.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,8 +18,10 @@ import numpy as np
 from common.errors import UserError
 from common.files import require_file
 
-HOW_TO_GET_TCD = ("the NCF-style splits are in greensun0830/TCD Data/ (https://github.com/greensun0830/TCD); "
-                  "put them under <data root>/recsys/tcd/")
+HOW_TO_GET_TCD = (
+    "the NCF-style splits are in greensun0830/TCD Data/ (https://github.com/greensun0830/TCD); "
+    "put them under <data root>/recsys/tcd/"
+)
 HOW_TO_GET_ML100K = "download https://files.grouplens.org/datasets/movielens/ml-100k.zip and unzip it under <data root>/recsys/"
 
 
@@ -30,9 +33,9 @@ class RatingData:
     n_users: int
     n_items: int
     max_rating: float
-    train: tuple[np.ndarray, np.ndarray, np.ndarray]            # users, items, ratings
-    test: tuple[np.ndarray, np.ndarray, np.ndarray]             # held-out ratings (one per user in NCF splits)
-    test_negatives: np.ndarray | None = None                    # [n_test, 99] sampled unrated items per test rating
+    train: tuple[np.ndarray, np.ndarray, np.ndarray]  # users, items, ratings
+    test: tuple[np.ndarray, np.ndarray, np.ndarray]  # held-out ratings (one per user in NCF splits)
+    test_negatives: np.ndarray | None = None  # [n_test, 99] sampled unrated items per test rating
     info: dict = field(default_factory=dict)
 
     def train_matrix(self) -> np.ndarray:
@@ -52,7 +55,9 @@ def _parse_rows(path: Path, columns: tuple[int, ...], sep: str | None) -> np.nda
                 continue
             parts = line.strip().split(sep)
             if len(parts) not in columns:
-                raise UserError(f"{path}:{number}: expected {' or '.join(map(str, columns))} columns, found {len(parts)}: {line.strip()[:60]!r}")
+                raise UserError(
+                    f"{path}:{number}: expected {' or '.join(map(str, columns))} columns, found {len(parts)}: {line.strip()[:60]!r}"
+                )
             try:
                 rows.append([float(x) for x in parts[:3]])
             except ValueError:
@@ -66,11 +71,14 @@ def _parse_rows(path: Path, columns: tuple[int, ...], sep: str | None) -> np.nda
 def _check_ids(path: Path, ids: np.ndarray, what: str, upper: int | None = None) -> None:
     bad = np.flatnonzero((ids < 0) | (ids != np.round(ids)) | ((ids >= upper) if upper is not None else False))
     if bad.size:
-        raise UserError(f"{path}:{bad[0] + 1}: {what} id {ids[bad[0]]:g} is not an integer in [0, {upper if upper is not None else 'inf'})")
+        raise UserError(
+            f"{path}:{bad[0] + 1}: {what} id {ids[bad[0]]:g} is not an integer in [0, {upper if upper is not None else 'inf'})"
+        )
 
 
-def read_rating_file(path: str | Path, one_indexed: bool = False, scale: float = 1.0, sep: str | None = None,
-                     max_rating: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_rating_file(
+    path: str | Path, one_indexed: bool = False, scale: float = 1.0, sep: str | None = None, max_rating: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, ratings) of a `user item rating [timestamp]` file; ids become 0-indexed."""
     path = require_file(path, HOW_TO_GET_TCD)
     rows = _parse_rows(path, (3, 4), sep)
@@ -109,8 +117,15 @@ def read_negatives(path: str | Path, n_items: int) -> tuple[np.ndarray, np.ndarr
     return np.asarray(users), np.asarray(items), np.asarray(negatives, dtype=np.int64)
 
 
-def load_ncf_split(data_dir: str, prefix: str, max_rating: float, name: str, scale: float = 1.0,
-                   folder: str = "recsys/tcd", targets: dict[str, list[int]] | None = None) -> RatingData:
+def load_ncf_split(
+    data_dir: str,
+    prefix: str,
+    max_rating: float,
+    name: str,
+    scale: float = 1.0,
+    folder: str = "recsys/tcd",
+    targets: dict[str, list[int]] | None = None,
+) -> RatingData:
     """The TCD reference split: `<prefix>.train.rating`, `.test.rating` (one per user), `.test.negative` (99 each).
 
     FilmTrust's files there are already on the 1..8 grid (`scale` 1); `scale` multiplies raw ratings.
@@ -125,17 +140,27 @@ def load_ncf_split(data_dir: str, prefix: str, max_rating: float, name: str, sca
     order = {(int(u), int(i)): k for k, (u, i) in enumerate(zip(t_users, t_items))}
     missing = [(int(u), int(i)) for u, i in zip(test[0], test[1]) if (int(u), int(i)) not in order]
     if missing:
-        raise UserError(f"{neg_path}: no negatives for test rating (user, item) = {missing[0]}; the files are from different splits")
+        raise UserError(
+            f"{neg_path}: no negatives for test rating (user, item) = {missing[0]}; the files are from different splits"
+        )
     negatives = negatives[[order[(int(u), int(i))] for u, i in zip(test[0], test[1])]]
     return RatingData(name, n_users, n_items, float(max_rating), train, test, negatives, {"targets": dict(targets or {})})
 
 
-def leave_one_out(name: str, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, order: np.ndarray,
-                  max_rating: float, n_negatives: int = 99, seed: int = 0) -> RatingData:
+def leave_one_out(
+    name: str,
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    order: np.ndarray,
+    max_rating: float,
+    n_negatives: int = 99,
+    seed: int = 0,
+) -> RatingData:
     """NCF protocol on raw ratings: each user's latest rating (largest `order`) is the test rating, and
     `n_negatives` items the user never rated are sampled for leave-one-out HR (seeded, reproducible)."""
     n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
-    key = np.lexsort((order, users))                      # by user, then time
+    key = np.lexsort((order, users))  # by user, then time
     last = np.r_[users[key][1:] != users[key][:-1], True]
     test_idx, train_idx = key[last], key[~last]
     rng = np.random.default_rng(seed)
@@ -144,15 +169,21 @@ def leave_one_out(name: str, users: np.ndarray, items: np.ndarray, ratings: np.n
     negatives = np.empty((len(test_idx), n_negatives), dtype=np.int64)
     for row, u in enumerate(users[test_idx]):
         pool = np.flatnonzero(~rated[u])
-        if pool.size == 0:                                # a user who rated everything (tiny data only)
+        if pool.size == 0:  # a user who rated everything (tiny data only)
             pool = np.flatnonzero(np.arange(n_items) != items[test_idx[row]])
         negatives[row] = rng.choice(pool, size=n_negatives, replace=len(pool) < n_negatives)
     pick = lambda idx: (users[idx], items[idx], ratings[idx])  # noqa: E731
     return RatingData(name, n_users, n_items, float(max_rating), pick(train_idx), pick(test_idx), negatives)
 
 
-def load_movielens_udata(data_dir: str, name: str = "ml100k", folder: str = "recsys/ml-100k", max_rating: float = 5.0,
-                         seed: int = 0, targets: dict[str, list[int]] | None = None) -> RatingData:
+def load_movielens_udata(
+    data_dir: str,
+    name: str = "ml100k",
+    folder: str = "recsys/ml-100k",
+    max_rating: float = 5.0,
+    seed: int = 0,
+    targets: dict[str, list[int]] | None = None,
+) -> RatingData:
     """MovieLens-100K raw `u.data` (user \\t item \\t rating \\t timestamp, 1-indexed) with a leave-one-out split."""
     path = require_file(Path(data_dir) / folder / "u.data", HOW_TO_GET_ML100K)
     try:
@@ -171,9 +202,15 @@ def load_movielens_udata(data_dir: str, name: str = "ml100k", folder: str = "rec
     return data
 
 
-def load_filmtrust_raw(data_dir: str, name: str = "filmtrust", folder: str = "recsys/tcd",
-                       file: str = "filmtrust_ratings.txt", scale: float = 2.0, seed: int = 0,
-                       targets: dict[str, list[int]] | None = None) -> RatingData:
+def load_filmtrust_raw(
+    data_dir: str,
+    name: str = "filmtrust",
+    folder: str = "recsys/tcd",
+    file: str = "filmtrust_ratings.txt",
+    scale: float = 2.0,
+    seed: int = 0,
+    targets: dict[str, list[int]] | None = None,
+) -> RatingData:
     """Raw FilmTrust (`user item rating`, 1-indexed, 0.5..4 half stars) scaled x2 to 1..8, leave-one-out split."""
     path = Path(data_dir) / folder / file
     users, items, ratings = read_rating_file(path, one_indexed=True, scale=scale, max_rating=4.0 * scale)

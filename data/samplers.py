@@ -4,6 +4,7 @@ Lightning calls ``set_epoch`` on a dataloader's sampler at the start of every ep
 derives its permutation from ``(seed, epoch)`` alone makes a run resumed from a checkpoint see exactly
 the batches an uninterrupted run would, independent of any global RNG state.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -5,6 +5,7 @@ Windows follow the usual HF perplexity recipe (the whole file tokenised once, no
 window, the last partial window dropped), bounded by a token budget so CPU runs stay short; every
 condition of a run is scored on the same windows, so relative figures are paired.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -18,10 +19,14 @@ from common.files import require_file
 
 # name -> (path under the data root, where to get it)
 CORPORA: dict[str, tuple[str, str]] = {
-    "wikitext2": ("llm/text/wikitext-2_test.txt",
-                  "WikiText-2 (raw) test split, e.g. wiki.test.tokens from https://huggingface.co/datasets/Salesforce/wikitext"),
-    "tinystories": ("llm/text/tinystories_val_subset.txt",
-                    "a TinyStories validation text file, e.g. TinyStories-valid.txt from https://huggingface.co/datasets/roneneldan/TinyStories"),
+    "wikitext2": (
+        "llm/text/wikitext-2_test.txt",
+        "WikiText-2 (raw) test split, e.g. wiki.test.tokens from https://huggingface.co/datasets/Salesforce/wikitext",
+    ),
+    "tinystories": (
+        "llm/text/tinystories_val_subset.txt",
+        "a TinyStories validation text file, e.g. TinyStories-valid.txt from https://huggingface.co/datasets/roneneldan/TinyStories",
+    ),
 }
 
 
@@ -61,8 +66,13 @@ def token_windows(encode: Callable[[str], Sequence[int]], text: str, window: int
     return torch.tensor(ids[: n * window], dtype=torch.long).view(n, window)
 
 
-def corpus_windows(name_or_path: str | Path, data_dir: str | Path, encode: Callable[[str], Sequence[int]],
-                   window: int, max_tokens: int | None = None) -> Tensor:
+def corpus_windows(
+    name_or_path: str | Path,
+    data_dir: str | Path,
+    encode: Callable[[str], Sequence[int]],
+    window: int,
+    max_tokens: int | None = None,
+) -> Tensor:
     """Read a corpus and cut it into windows; reads only a prefix of long files when a budget is set
     (about 12 characters per token is far more than any sub-word tokenizer needs)."""
     path = corpus_path(name_or_path, data_dir)

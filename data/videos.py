@@ -5,6 +5,7 @@ sampling window) stops with one line naming the file. Writes go through a tempor
 target folder and are renamed only after the last frame was written and the result re-opened, so an
 interrupted or failed write never leaves a video that looks complete.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -52,8 +53,13 @@ def _open(path: str | Path) -> tuple[cv2.VideoCapture, VideoInfo]:
     if not capture.isOpened():
         capture.release()
         raise UserError(f"{path}: not a readable video (OpenCV cannot open it); check the file or re-encode it to H.264 MP4")
-    info = VideoInfo(path, float(capture.get(cv2.CAP_PROP_FPS) or 0.0), int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
-                     int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    info = VideoInfo(
+        path,
+        float(capture.get(cv2.CAP_PROP_FPS) or 0.0),
+        int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
+        int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+    )
     if info.width <= 0 or info.height <= 0:
         capture.release()
         raise UserError(f"{path}: not a readable video (no frame size); check the file or re-encode it")
@@ -87,8 +93,10 @@ def iter_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
     if decoded == 0:
         raise UserError(f"{info.path}: no frame could be decoded (truncated or not a video); re-copy or re-encode it")
     if info.frame_count > 0 and decoded + TRUNCATION_TOLERANCE < info.frame_count:
-        raise UserError(f"{info.path}: truncated video: decoded {decoded} of the {info.frame_count} frames its container "
-                        "declares; re-copy or re-encode it")
+        raise UserError(
+            f"{info.path}: truncated video: decoded {decoded} of the {info.frame_count} frames its container "
+            "declares; re-copy or re-encode it"
+        )
 
 
 def sample_indices(frame_count: int, num_frames: int | None, stride: int = 1) -> list[int]:
@@ -102,8 +110,9 @@ def sample_indices(frame_count: int, num_frames: int | None, stride: int = 1) ->
     return indices
 
 
-def read_frames(path: str | Path, num_frames: int | None = None, stride: int = 1, min_frames: int = 1,
-                max_side: int | None = None) -> tuple[list[np.ndarray], list[int], VideoInfo]:
+def read_frames(
+    path: str | Path, num_frames: int | None = None, stride: int = 1, min_frames: int = 1, max_side: int | None = None
+) -> tuple[list[np.ndarray], list[int], VideoInfo]:
     """Sampled frames (BGR uint8), their indices and the clip's info.
 
     `min_frames` is the sampling window a caller needs (e.g. a smoothing window): a shorter clip is an
@@ -125,8 +134,10 @@ def read_frames(path: str | Path, num_frames: int | None = None, stride: int = 1
         picks = sample_indices(len(kept), num_frames)
         frames, kept = [frames[i] for i in picks], [kept[i] for i in picks]
     if decoded < min_frames:
-        raise UserError(f"{info.path}: {decoded} frames, shorter than the sampling window of {min_frames} frames; "
-                        "use a longer clip or a smaller window")
+        raise UserError(
+            f"{info.path}: {decoded} frames, shorter than the sampling window of {min_frames} frames; "
+            "use a longer clip or a smaller window"
+        )
     return frames, kept, info
 
 
@@ -152,7 +163,9 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float, four
     def write(tmp: Path) -> None:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), float(fps), (width, height))
         if not writer.isOpened():
-            raise UserError(f"{path}: OpenCV cannot write {Path(path).suffix} with codec {fourcc}; use .mp4 (mp4v) or .avi (MJPG)")
+            raise UserError(
+                f"{path}: OpenCV cannot write {Path(path).suffix} with codec {fourcc}; use .mp4 (mp4v) or .avi (MJPG)"
+            )
         try:
             for frame in frames:
                 writer.write(frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
@@ -172,8 +185,10 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[np.ndarray]]], tile_height:
         raise ValueError("contact_sheet needs at least one row")
     rendered = []
     for label, frames in rows:
-        tiles = [cv2.resize(f, (max(1, round(f.shape[1] * tile_height / f.shape[0])), tile_height),
-                            interpolation=cv2.INTER_AREA) for f in frames]
+        tiles = [
+            cv2.resize(f, (max(1, round(f.shape[1] * tile_height / f.shape[0])), tile_height), interpolation=cv2.INTER_AREA)
+            for f in frames
+        ]
         row = np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0))) for t in tiles], axis=1)
         cv2.putText(row, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(row, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)

@@ -3,6 +3,7 @@ Gaussian distractors. Served as stacked (seeds, batch, dims) tensors so a popula
 on its own data in one pass. `data_seed` chooses between the reference's protocol (one fixed train /
 validation draw for every run of a job, only the init varies: `data_seed=<int>`) and an independent
 draw per seed (`data_seed=null`)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -70,7 +71,7 @@ class StackedBatchSampler(Sampler[Tensor]):
         else:
             order = torch.arange(self.num_items).expand(self.num_seeds, -1)
         for start in range(0, self.num_items, self.batch_size):
-            yield order[:, start:start + self.batch_size]
+            yield order[:, start : start + self.batch_size]
 
 
 class XorDataModule(pl.LightningDataModule):
@@ -78,9 +79,18 @@ class XorDataModule(pl.LightningDataModule):
     the reference code's one data set per N) or, with `data_seed=None`, one independent draw per seed.
     Batch order is shuffled per seed either way."""
 
-    def __init__(self, seeds: Sequence[int] = (0,), n_train: int = 60, n_val: int = 1000, distractors: int = 3,
-                 gap: float = 0.05, batch_size: int = 32, eval_batch_size: int = 250, name: str = "xor5d",
-                 data_seed: int | None = None) -> None:
+    def __init__(
+        self,
+        seeds: Sequence[int] = (0,),
+        n_train: int = 60,
+        n_val: int = 1000,
+        distractors: int = 3,
+        gap: float = 0.05,
+        batch_size: int = 32,
+        eval_batch_size: int = 250,
+        name: str = "xor5d",
+        data_seed: int | None = None,
+    ) -> None:
         super().__init__()
         if n_train < 1 or n_val < 1 or batch_size < 1:
             raise UserError(f"dataset.n_train={n_train}, n_val={n_val}, batch_size={batch_size} must all be >= 1")
@@ -105,8 +115,10 @@ class XorDataModule(pl.LightningDataModule):
             key = seed if self.data_seed is None else self.data_seed
             if key not in draws:
                 generator = torch.Generator().manual_seed(key)
-                draws[key] = (make_xor(self.n_train, generator, self.distractors, self.gap),
-                              make_xor(self.n_val, generator, self.distractors, self.gap))
+                draws[key] = (
+                    make_xor(self.n_train, generator, self.distractors, self.gap),
+                    make_xor(self.n_val, generator, self.distractors, self.gap),
+                )
             train.append(draws[key][0])
             val.append(draws[key][1])
         self.train = StackedBatches(torch.stack([x for x, _ in train]), torch.stack([y for _, y in train]))

@@ -7,6 +7,7 @@ the records (str or int values, e.g. ``condition``, ``attack``, ``attack_size``)
 float fields are metrics. ``--paired`` uses the Wilcoxon signed-rank test over seeds (arms that share
 seed, init and data) instead of Mann-Whitney U.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -244,8 +245,19 @@ def summarize(records: list[dict[str, Any]], metrics: Sequence[str] | None = Non
                 n = sum(not math.isnan(v) for v in values)
                 finite = [v for v in values if not math.isnan(v)]
                 mean = sum(finite) / len(finite) if finite else math.nan
-                rows.append({**dict(zip(cols, key)), "condition": condition, "metric": metric, "n": n,
-                             "runs": len(recs), "median": median, "q25": q25, "q75": q75, "mean": mean})
+                rows.append(
+                    {
+                        **dict(zip(cols, key)),
+                        "condition": condition,
+                        "metric": metric,
+                        "n": n,
+                        "runs": len(recs),
+                        "median": median,
+                        "q25": q25,
+                        "q75": q75,
+                        "mean": mean,
+                    }
+                )
     return rows
 
 
@@ -262,8 +274,12 @@ def _check_pairs(records: list[dict[str, Any]], pairs: Sequence[tuple[str, Any, 
             raise UserError(f"--compare {label}: no {what} {missing[0]!r}; known: {', '.join(sorted(map(str, known)))}")
 
 
-def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, Any, Any]],
-            metrics: Sequence[str] | None = None, paired: bool = False) -> list[dict[str, Any]]:
+def compare(
+    records: list[dict[str, Any]],
+    pairs: Sequence[tuple[str, Any, Any]],
+    metrics: Sequence[str] | None = None,
+    paired: bool = False,
+) -> list[dict[str, Any]]:
     """For each (factor, A, B): A vs B on each metric within every group of the other columns, Holm-adjusted
     within each group (the family is one cell of the sweep: its comparisons x metrics, as in the paper's
     per-panel tests). Unpaired: Mann-Whitney U. Paired: Wilcoxon signed-rank over runs matched by seed."""
@@ -293,11 +309,23 @@ def compare(records: list[dict[str, Any]], pairs: Sequence[tuple[str, Any, Any]]
                     p = mann_whitney(va, vb)
                     n_a, n_b = sum(not math.isnan(v) for v in va), sum(not math.isnan(v) for v in vb)
                 med_a, med_b = median_iqr(va)[0], median_iqr(vb)[0]
-                families.setdefault(family_key, []).append({
-                    **{c: labels.get(c) for c in cols if c != factor}, "factor": factor,
-                    **({} if factor == CONDITION else {CONDITION: labels.get(CONDITION)}),
-                    "metric": metric, "a": a, "b": b, "n_a": n_a, "n_b": n_b, "median_a": med_a, "median_b": med_b,
-                    "diff_median": med_a - med_b, "test": WILCOXON if paired else MANN_WHITNEY, "p": p})
+                families.setdefault(family_key, []).append(
+                    {
+                        **{c: labels.get(c) for c in cols if c != factor},
+                        "factor": factor,
+                        **({} if factor == CONDITION else {CONDITION: labels.get(CONDITION)}),
+                        "metric": metric,
+                        "a": a,
+                        "b": b,
+                        "n_a": n_a,
+                        "n_b": n_b,
+                        "median_a": med_a,
+                        "median_b": med_b,
+                        "diff_median": med_a - med_b,
+                        "test": WILCOXON if paired else MANN_WHITNEY,
+                        "p": p,
+                    }
+                )
     rows = []
     for family in families.values():
         for row, adjusted in zip(family, holm([r["p"] for r in family])):
@@ -327,8 +355,10 @@ def _parse_pair(text: str) -> tuple[str, Any, Any]:
         factor, rest = CONDITION, text
     a, sep, b = rest.partition(":")
     if not sep or not a or not b or not factor:
-        raise UserError(f"--compare {text!r} is not A:B or FACTOR=A:B; write e.g. --compare freeze_informed:fluid "
-                        "or --compare defense=tcd:none")
+        raise UserError(
+            f"--compare {text!r} is not A:B or FACTOR=A:B; write e.g. --compare freeze_informed:fluid "
+            "or --compare defense=tcd:none"
+        )
     if factor == CONDITION:
         return factor, a, b
     return factor, _parse_value(a), _parse_value(b)
@@ -354,14 +384,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("multirun_dir", type=Path)
     parser.add_argument("--metric", action="append", help="metric to report (repeatable; default: all)")
     parser.add_argument("--x", help="numeric override key to plot metrics against, e.g. dataset.n_train")
-    parser.add_argument("--compare", action="append", default=[], metavar="[FACTOR=]A:B",
-                        help="rank-test condition A vs B, or values A vs B of another factor (repeatable)")
-    parser.add_argument("--paired", action="store_true",
-                        help="Wilcoxon signed-rank over seeds (arms sharing seed, init and data) instead of Mann-Whitney U")
-    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                        help="keep only jobs with this override value (repeatable), e.g. model.network.hidden=64")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="[FACTOR=]A:B",
+        help="rank-test condition A vs B, or values A vs B of another factor (repeatable)",
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="Wilcoxon signed-rank over seeds (arms sharing seed, init and data) instead of Mann-Whitney U",
+    )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep only jobs with this override value (repeatable), e.g. model.network.hidden=64",
+    )
     parser.add_argument("--out", type=Path, help="output dir (default: <multirun_dir>/aggregate)")
-    parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B (offline unless WANDB_MODE=online)")
+    parser.add_argument(
+        "--wandb", action="store_true", help="also log the table and plots to W&B (offline unless WANDB_MODE=online)"
+    )
     return parser
 
 
@@ -373,17 +418,26 @@ def main(argv: list[str] | None = None) -> int:
         records = select(records, args.where)
         cols = group_columns(records)
         if args.x is not None and args.x not in cols:
-            raise UserError(f"--x {args.x} is not an override key of {args.multirun_dir}; "
-                            f"known keys: {', '.join(cols) or '(none)'}")
+            raise UserError(
+                f"--x {args.x} is not an override key of {args.multirun_dir}; known keys: {', '.join(cols) or '(none)'}"
+            )
         summary = summarize(records, args.metric)
         pairs = [_parse_pair(p) for p in args.compare]
         comparisons = compare(records, pairs, args.metric, paired=args.paired) if pairs else []
         fixed = ", ".join(f"{k}={v}" for k, v in fixed_overrides(records).items())
-        notes = [f"{len(records)} records from {args.multirun_dir}"
-                 + (f"; {incomplete} incomplete jobs skipped" if incomplete else "")
-                 + (f"; every job ran with {fixed}" if fixed else "")]
-        markdown = write_outputs(args.out or args.multirun_dir / "aggregate", summary, comparisons, x=args.x,
-                                 title=f"Aggregate of {args.multirun_dir}", notes=notes)
+        notes = [
+            f"{len(records)} records from {args.multirun_dir}"
+            + (f"; {incomplete} incomplete jobs skipped" if incomplete else "")
+            + (f"; every job ran with {fixed}" if fixed else "")
+        ]
+        markdown = write_outputs(
+            args.out or args.multirun_dir / "aggregate",
+            summary,
+            comparisons,
+            x=args.x,
+            title=f"Aggregate of {args.multirun_dir}",
+            notes=notes,
+        )
         if args.wandb:
             log_to_wandb(args.out or args.multirun_dir / "aggregate", summary, args.multirun_dir)
     except UserError as exc:

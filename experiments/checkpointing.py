@@ -11,6 +11,7 @@ it keeps the last epoch-end `last.ckpt` (exact resume, at most one epoch repeate
 restarts an interrupted epoch's data loader from its first batch; only with `every_n_epochs=0` does it
 save mid-epoch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,14 @@ PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 class ResumableCheckpoint(Callback):
     """Atomic `last.ckpt` per epoch, per time interval and on pre-emption signals."""
 
-    def __init__(self, dirpath: str, every_n_epochs: int = 1, every_n_minutes: float | None = 10.0,
-                 save_on_signals: bool = True, filename: str = "last.ckpt") -> None:
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_epochs: int = 1,
+        every_n_minutes: float | None = 10.0,
+        save_on_signals: bool = True,
+        filename: str = "last.ckpt",
+    ) -> None:
         if every_n_epochs < 0:
             raise UserError(f"callbacks.checkpoint.every_n_epochs={every_n_epochs} must be >= 0 (0 = only on time / signals)")
         if every_n_minutes is not None and every_n_minutes <= 0:
@@ -75,8 +82,13 @@ class ResumableCheckpoint(Callback):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
         if trainer.is_global_zero:
-            log.info("checkpoints to %s: every %s epochs, every %s min, and on %s", self.path, self.every_n_epochs or "–",
-                     self.every_n_minutes or "–", "/".join(PREEMPTION_SIGNALS))
+            log.info(
+                "checkpoints to %s: every %s epochs, every %s min, and on %s",
+                self.path,
+                self.every_n_epochs or "–",
+                self.every_n_minutes or "–",
+                "/".join(PREEMPTION_SIGNALS),
+            )
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._restore_handlers()
@@ -107,8 +119,11 @@ class ResumableCheckpoint(Callback):
             # Mid-epoch, keep the last epoch-end last.ckpt: Lightning restarts an interrupted epoch's (not
             # resumable) data loader from its first batch, so a mid-epoch save would not resume exactly.
             signum = self._signal
-            log.warning("received %s mid-epoch: exiting so the job can be requeued; it resumes from %s",
-                        signal.Signals(signum).name, self.path)
+            log.warning(
+                "received %s mid-epoch: exiting so the job can be requeued; it resumes from %s",
+                signal.Signals(signum).name,
+                self.path,
+            )
             raise SystemExit(128 + signum)
         if self.every_n_minutes is not None and time.monotonic() - self._last_save >= 60 * self.every_n_minutes:
             self.save(trainer)

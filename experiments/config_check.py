@@ -5,6 +5,7 @@ constructor as a long traceback. Here every config node with a `_target_` is che
 runs: unknown keys and values whose type cannot match the parameter's annotation become a
 :class:`UserError` naming the full key and the expected type.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -9,6 +9,7 @@ input-similarity heat map and the (S, E) proposal rule (`cqil.rule`), the latenc
 `cqil.recovery.enabled`, LoRA + KD recovery of chosen settings (`_lora` keys).
 Metric keys: `<setting>/<metric>`, setting = original | cqil_p{P}_s{S}_e{E}[_d{D}] | removed_{k}.
 """
+
 from __future__ import annotations
 
 import functools
@@ -160,16 +161,27 @@ def recover_and_score(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer, simi
     num_layers = len(decoder_of(lm.model).layers)
 
     def make_trainer(fit_name: str, steps: int):
-        return build_trainer(cfg, ctx, fit_name, max_steps=steps, max_epochs=-1, min_epochs=None,
-                             val_check_interval=None, limit_val_batches=0)
+        return build_trainer(
+            cfg, ctx, fit_name, max_steps=steps, max_epochs=-1, min_epochs=None, val_check_interval=None, limit_val_batches=0
+        )
 
     steps = ctx.limit(int(rec.steps))
     settings = recovery_settings(parse_settings(rec.settings), bool(rec.removal), similarity, saved_layers)
     for name, apply, undo, factors in settings:
         apply(lm.model)
         try:
-            peft_model, module = recover(lm.model, make_trainer, name, windows, steps, int(rec.batch_size), float(rec.lr),
-                                         int(rec.rank), int(rec.alpha), float(rec.temperature))
+            peft_model, module = recover(
+                lm.model,
+                make_trainer,
+                name,
+                windows,
+                steps,
+                int(rec.batch_size),
+                float(rec.lr),
+                int(rec.rank),
+                int(rec.alpha),
+                float(rec.temperature),
+            )
             values = scorer.score()
             peft_model.unload()
         finally:
@@ -207,8 +219,17 @@ def distributed_scores(cfg_dict: dict, rank: int, world: int) -> dict[str, Any]:
         values["ideal_latency_ratio"] = spec.ideal_latency_ratio(num_layers)
         values["world_size"] = float(world)
         metrics.update({f"{spec.name}/{k}": v for k, v in values.items()})
-        records.append({"setting": spec.name, "kind": "cqil_distributed", "p": spec.parallel_degree, "s": spec.start,
-                        "e": spec.end, "d": spec.bypass_distance, **values})
+        records.append(
+            {
+                "setting": spec.name,
+                "kind": "cqil_distributed",
+                "p": spec.parallel_degree,
+                "s": spec.start,
+                "e": spec.end,
+                "d": spec.bypass_distance,
+                **values,
+            }
+        )
     return {"metrics": metrics, "records": records}
 
 
@@ -224,16 +245,21 @@ def run_distributed(cfg: DictConfig, ctx: RunContext) -> TaskResult:
 
         out = distributed_scores(container, dist.get_rank(), dist.get_world_size())
     else:
-        out = spawn(functools.partial(distributed_scores, container), world_size=int(cfg.cqil.world_size),
-                    threads=int(cfg.cqil.threads_per_rank))
+        out = spawn(
+            functools.partial(distributed_scores, container),
+            world_size=int(cfg.cqil.world_size),
+            threads=int(cfg.cqil.threads_per_rank),
+        )
     metrics = out["metrics"]
     corpora = [k.split("/")[1][: -len("_ppl")] for k in metrics if k.startswith("original/") and k.endswith("_ppl")]
     specs = parse_settings(cfg.cqil.settings)
     lines = ["| setting | corpus | sequential ppl | distributed ppl | greedy agreement (distributed) |", "|---|---|---|---|---|"]
     for spec in specs:
         for corpus in corpora:
-            lines.append(f"| {spec.name} | {corpus} | {metrics[f'{spec.name}/sequential_{corpus}_ppl']:.4f} | "
-                         f"{metrics[f'{spec.name}/{corpus}_ppl']:.4f} | {metrics[f'{spec.name}/greedy_agreement']:.3f} |")
+            lines.append(
+                f"| {spec.name} | {corpus} | {metrics[f'{spec.name}/sequential_{corpus}_ppl']:.4f} | "
+                f"{metrics[f'{spec.name}/{corpus}_ppl']:.4f} | {metrics[f'{spec.name}/greedy_agreement']:.3f} |"
+            )
     return TaskResult(metrics=metrics, table="\n".join(lines), records=out["records"])
 
 
@@ -263,8 +289,15 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
 
     for spec in specs:
         validate = CQILSpec(spec.start, spec.end, spec.parallel_degree, spec.bypass_distance)
-        apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree, spec.bypass_distance, mode=cfg.cqil.mode,
-                   bypass_residual=bool(cfg.cqil.bypass_residual))
+        apply_cqil(
+            lm.model,
+            spec.start,
+            spec.end,
+            spec.parallel_degree,
+            spec.bypass_distance,
+            mode=cfg.cqil.mode,
+            bypass_residual=bool(cfg.cqil.bypass_residual),
+        )
         try:
             values = scorer.score()
         finally:
@@ -294,14 +327,27 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
             finally:
                 remove_cqil(lm.model)
 
-        proposal = propose_region(similarity, int(rule.parallel_degree), float(rule.similarity_bound),
-                                  float(rule.max_ppl_rise), rise, ctx.limit(int(rule.max_evaluations)))
+        proposal = propose_region(
+            similarity,
+            int(rule.parallel_degree),
+            float(rule.similarity_bound),
+            float(rule.max_ppl_rise),
+            rise,
+            ctx.limit(int(rule.max_evaluations)),
+        )
         key = f"rule_p{int(rule.parallel_degree)}"
         if proposal is None:
             metrics[f"{key}/found"] = 0.0
         else:
-            metrics.update({f"{key}/found": 1.0, f"{key}/start": proposal.start, f"{key}/end": proposal.end,
-                            f"{key}/calibration_ppl_rise": proposal.ppl_rise, f"{key}/min_similarity": proposal.min_similarity})
+            metrics.update(
+                {
+                    f"{key}/found": 1.0,
+                    f"{key}/start": proposal.start,
+                    f"{key}/end": proposal.end,
+                    f"{key}/calibration_ppl_rise": proposal.ppl_rise,
+                    f"{key}/min_similarity": proposal.min_similarity,
+                }
+            )
 
     lat = cfg.cqil.latency
     if lat.enabled:
@@ -319,8 +365,17 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
                     if "max_logit_gap_vs_sequential" in entry:
                         values["distributed_max_logit_gap"] = entry["max_logit_gap_vs_sequential"]
             metrics.update({f"{spec.name}/{k}": v for k, v in values.items()})
-            records.append({"setting": spec.name, "kind": "latency", "p": spec.parallel_degree, "s": spec.start,
-                            "e": spec.end, "d": spec.bypass_distance, **values})
+            records.append(
+                {
+                    "setting": spec.name,
+                    "kind": "latency",
+                    "p": spec.parallel_degree,
+                    "s": spec.start,
+                    "e": spec.end,
+                    "d": spec.bypass_distance,
+                    **values,
+                }
+            )
 
     if cfg.cqil.recovery.enabled:
         for setting, values, factors in recover_and_score(cfg, ctx, lm, scorer, similarity):
@@ -347,18 +402,32 @@ def results_table(metrics: dict[str, float], base: dict[str, float], specs: list
         for c in corpora:
             v = metrics.get(f"{s}/{c}_ppl")
             cells.append("–" if v is None else f"{v:.2f} ({100 * (v / base[f'{c}_ppl'] - 1):+.1f} %)")
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {metrics[f'{s}/greedy_agreement']:.3f} | "
-                     f"{metrics.get(f'{s}/ideal_latency_ratio', float('nan')):.3f} |")
-    lat_rows = sorted({k.split("/")[0] for k in metrics
-                       if k.endswith(("/sequential_latency_ratio", "/fused_latency_ratio", "/distributed_latency_ratio"))})
+        lines.append(
+            f"| {s} | " + " | ".join(cells) + f" | {metrics[f'{s}/greedy_agreement']:.3f} | "
+            f"{metrics.get(f'{s}/ideal_latency_ratio', float('nan')):.3f} |"
+        )
+    lat_rows = sorted(
+        {
+            k.split("/")[0]
+            for k in metrics
+            if k.endswith(("/sequential_latency_ratio", "/fused_latency_ratio", "/distributed_latency_ratio"))
+        }
+    )
     if lat_rows:
-        lines += ["", "| latency setting (CQIL / original, decode per token) | ideal | sequential | fused | distributed |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| latency setting (CQIL / original, decode per token) | ideal | sequential | fused | distributed |",
+            "|---|---|---|---|---|",
+        ]
         for s in lat_rows:
+
             def cell(m: str, s: str = s) -> str:
                 return f"{metrics[f'{s}/{m}']:.3f}" if f"{s}/{m}" in metrics else "–"
-            lines.append(f"| {s} | {cell('ideal_latency_ratio')} | {cell('sequential_latency_ratio')} | "
-                         f"{cell('fused_latency_ratio')} | {cell('distributed_latency_ratio')} |")
+
+            lines.append(
+                f"| {s} | {cell('ideal_latency_ratio')} | {cell('sequential_latency_ratio')} | "
+                f"{cell('fused_latency_ratio')} | {cell('distributed_latency_ratio')} |"
+            )
     for key in sorted(k for k in metrics if k.startswith("rule_")):
         lines.append(f"\n{key} = {metrics[key]:.4g}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ with the best validation metric (`task.select_on`, ties -> earliest), and, label
 maximum test weighted F1 over epochs (the protocol of SDT and many ERC papers, which has no
 validation split). Metrics: medians and quartiles over seeds per condition.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,9 @@ def condition_models(cfg: DictConfig) -> dict[str, DictConfig]:
         elif source in (cfg.erc.get("models") or {}):
             node = cfg.erc.models[source]
         else:
-            raise UserError(f"erc.conditions.{name}.model={source!r}: not 'main' nor one of erc.models {sorted(cfg.erc.get('models') or {})}")
+            raise UserError(
+                f"erc.conditions.{name}.model={source!r}: not 'main' nor one of erc.models {sorted(cfg.erc.get('models') or {})}"
+            )
         node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
         for key, value in ((spec or {}).get("set") or {}).items():
             if OmegaConf.select(node, key, default="__absent__") == "__absent__":
@@ -63,7 +66,9 @@ def select_epoch(history: Sequence[dict[str, float]], key: str) -> dict[str, flo
     if not history:
         raise RuntimeError("no validation epochs were recorded")
     if key not in history[0]:
-        raise UserError(f"task.select_on={key!r} is not a per-epoch metric (known: {sorted(k for k in history[0] if k.startswith('val_'))})")
+        raise UserError(
+            f"task.select_on={key!r} is not a per-epoch metric (known: {sorted(k for k in history[0] if k.startswith('val_'))})"
+        )
     best = max(range(len(history)), key=lambda i: (history[i][key], -i))
     row = dict(history[best])
     row["test_weighted_f1_max_epoch"] = max(h["test_weighted_f1"] for h in history)
@@ -71,7 +76,9 @@ def select_epoch(history: Sequence[dict[str, float]], key: str) -> dict[str, flo
     return row
 
 
-def fit_one(cfg: DictConfig, ctx: RunContext, model: DictConfig, datamodule, fit_name: str, seed: int) -> tuple[ERCLitModule, float]:
+def fit_one(
+    cfg: DictConfig, ctx: RunContext, model: DictConfig, datamodule, fit_name: str, seed: int
+) -> tuple[ERCLitModule, float]:
     torch.manual_seed(seed)
     datamodule.seed = seed
     try:
@@ -101,17 +108,26 @@ def summarize(records: list[dict[str, Any]], conditions: Sequence[str], label_na
 
 def results_table(metrics: dict[str, float], conditions: Sequence[str], label_names: Sequence[str], runs: int, title: str) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    lines = [title, "",
-             f"Test figures at the epoch chosen on validation weighted F1; median [IQR] over {runs} seeds, in %. "
-             "'max-epoch' = maximum test w-F1 over epochs (the protocol of SDT and many ERC papers; optimistic, not validation-selected).", "",
-             "| condition | test w-F1 | test acc | val w-F1 | max-epoch test w-F1 | " + " | ".join(f"F1 {c}" for c in label_names) + " |",
-             "|---" * (5 + len(label_names)) + "|"]
+    lines = [
+        title,
+        "",
+        f"Test figures at the epoch chosen on validation weighted F1; median [IQR] over {runs} seeds, in %. "
+        "'max-epoch' = maximum test w-F1 over epochs (the protocol of SDT and many ERC papers; optimistic, not validation-selected).",
+        "",
+        "| condition | test w-F1 | test acc | val w-F1 | max-epoch test w-F1 | "
+        + " | ".join(f"F1 {c}" for c in label_names)
+        + " |",
+        "|---" * (5 + len(label_names)) + "|",
+    ]
     for name in conditions:
         m = lambda k, name=name: metrics[f"{name}/{k}"]  # noqa: E731
-        lines.append(f"| {name} | {pct(m('test_weighted_f1_median'))} [{pct(m('test_weighted_f1_q25'))}, {pct(m('test_weighted_f1_q75'))}] "
-                     f"| {pct(m('test_accuracy_median'))} [{pct(m('test_accuracy_q25'))}, {pct(m('test_accuracy_q75'))}] "
-                     f"| {pct(m('val_weighted_f1_median'))} | {pct(m('test_weighted_f1_max_epoch_median'))} | "
-                     + " | ".join(pct(m(f"test_f1_{c}_median")) for c in label_names) + " |")
+        lines.append(
+            f"| {name} | {pct(m('test_weighted_f1_median'))} [{pct(m('test_weighted_f1_q25'))}, {pct(m('test_weighted_f1_q75'))}] "
+            f"| {pct(m('test_accuracy_median'))} [{pct(m('test_accuracy_q25'))}, {pct(m('test_accuracy_q75'))}] "
+            f"| {pct(m('val_weighted_f1_median'))} | {pct(m('test_weighted_f1_max_epoch_median'))} | "
+            + " | ".join(pct(m(f"test_f1_{c}_median")) for c in label_names)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -134,11 +150,25 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
             module, seconds = fit_one(cfg, ctx, model, datamodule, fit_name, seed)
             ctx.write_artifact(f"history/{fit_name}.csv", history_csv(module.history))
             chosen = select_epoch(module.history, str(cfg.task.select_on))
-            record = {"condition": name, "seed": seed, "dataset": str(cfg.dataset.name), **chosen,
-                      "fit_seconds": seconds, "epochs": float(len(module.history))}
-            log.info("%s: test w-F1 %.4f acc %.4f at epoch %d (val w-F1 %.4f)", fit_name, chosen["test_weighted_f1"],
-                     chosen["test_accuracy"], chosen["best_epoch"], chosen["val_weighted_f1"])
+            record = {
+                "condition": name,
+                "seed": seed,
+                "dataset": str(cfg.dataset.name),
+                **chosen,
+                "fit_seconds": seconds,
+                "epochs": float(len(module.history)),
+            }
+            log.info(
+                "%s: test w-F1 %.4f acc %.4f at epoch %d (val w-F1 %.4f)",
+                fit_name,
+                chosen["test_weighted_f1"],
+                chosen["test_accuracy"],
+                chosen["best_epoch"],
+                chosen["val_weighted_f1"],
+            )
             records.append(record)
     metrics = summarize(records, list(models), label_names)
     title = f"### ERC: {cfg.dataset.name}, {len(seeds)} seeds per condition"
-    return TaskResult(metrics=metrics, table=results_table(metrics, list(models), label_names, len(seeds), title), records=records)
+    return TaskResult(
+        metrics=metrics, table=results_table(metrics, list(models), label_names, len(seeds), title), records=records
+    )

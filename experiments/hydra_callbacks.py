@@ -1,4 +1,5 @@
 """Hydra callbacks: checks that must run before Hydra creates the run dir."""
+
 from __future__ import annotations
 
 import os

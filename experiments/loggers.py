@@ -1,4 +1,5 @@
 """Loggers as this project configures them."""
+
 from __future__ import annotations
 
 from typing import Any

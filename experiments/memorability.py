@@ -9,6 +9,7 @@ boxes, contact sheets and (optionally) cropped videos go to artifacts/.
 `run_train_captions` (experiment=memorability_train_captions): ridge on mean caption embeddings
 (the baseline) and the Lightning regressor, on the same split by video.
 """
+
 from __future__ import annotations
 
 import csv
@@ -69,8 +70,10 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     croppers = {str(name): instantiate(node) for name, node in cfg.cropping.crops.items()}
     if not croppers:
         raise UserError("cropping.crops is empty: choose a crop set, e.g. cropping=paper")
-    min_frames = max([int(getattr(c, "window", 1)) if getattr(c, "smoothing", "") == "moving_average" else 1
-                      for c in croppers.values()] + [int(task.min_frames)])
+    min_frames = max(
+        [int(getattr(c, "window", 1)) if getattr(c, "smoothing", "") == "moving_average" else 1 for c in croppers.values()]
+        + [int(task.min_frames)]
+    )
     clips = list_videos(cfg.dataset.path)[: ctx.limit(len(list_videos(cfg.dataset.path)))]
     predictor = instantiate(cfg.model.predictor)
 
@@ -93,17 +96,25 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         for name, crop in result.crops.items():
             crop_seconds[name] += crop.seconds
             cropped_scores[name][i] = predictor.score_video([crop.frames[j] for j in picks])
-            score_rows.append({"clip": path.stem, "version": f"crop_{name}", "score": cropped_scores[name][i],
-                               "delta": cropped_scores[name][i] - initial[i]})
-            box_rows += [{"clip": path.stem, "crop": name, "frame": index, "x": b[0], "y": b[1], "w": b[2], "h": b[3]}
-                         for index, b in zip(indices, crop.boxes.tolist())]
+            score_rows.append(
+                {
+                    "clip": path.stem,
+                    "version": f"crop_{name}",
+                    "score": cropped_scores[name][i],
+                    "delta": cropped_scores[name][i] - initial[i],
+                }
+            )
+            box_rows += [
+                {"clip": path.stem, "crop": name, "frame": index, "x": b[0], "y": b[1], "w": b[2], "h": b[3]}
+                for index, b in zip(indices, crop.boxes.tolist())
+            ]
             sheet_rows.append((f"crop_{name}", [crop.frames[j] for j in picks]))
             if task.write_videos:
-                ctx.write_artifact(f"videos/{path.stem}_{name}.mp4",
-                                   lambda tmp, f=crop.frames, fps=info.fps: write_video(tmp, f, fps))
+                ctx.write_artifact(
+                    f"videos/{path.stem}_{name}.mp4", lambda tmp, f=crop.frames, fps=info.fps: write_video(tmp, f, fps)
+                )
         ctx.write_artifact(f"contact_sheets/{path.stem}.png", png_bytes(contact_sheet(sheet_rows)))
-        log.info("%s: original %.3f, %s", path.stem, initial[i],
-                 ", ".join(f"{n} {cropped_scores[n][i]:.3f}" for n in croppers))
+        log.info("%s: original %.3f, %s", path.stem, initial[i], ", ".join(f"{n} {cropped_scores[n][i]:.3f}" for n in croppers))
 
     ctx.write_artifact("scores.csv", _csv(score_rows, ["clip", "version", "score", "delta"]))
     ctx.write_artifact("boxes.csv", _csv(box_rows, ["clip", "crop", "frame", "x", "y", "w", "h"]))
@@ -117,9 +128,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         summary["fps"] = frames_total / max(saliency_seconds + crop_seconds[name], 1e-9)
         metrics.update({f"crop_{name}/{k}": v for k, v in summary.items()})
         records.append({"condition": f"crop_{name}", "backend": backend, "clips": len(clips), **summary})
-    table = (f"Memorability of {len(clips)} clips ({cfg.model.name}, mean of {task.score_frames} frames per clip), "
-             f"saliency {backend}; delta = crop - original; thirds by original score.\n\n"
-             + _table(records, ["condition", "backend", "clips", *CROP_METRICS]))
+    table = (
+        f"Memorability of {len(clips)} clips ({cfg.model.name}, mean of {task.score_frames} frames per clip), "
+        f"saliency {backend}; delta = crop - original; thirds by original score.\n\n"
+        + _table(records, ["condition", "backend", "clips", *CROP_METRICS])
+    )
     return TaskResult(metrics=metrics, table=table, records=records)
 
 
@@ -133,7 +146,11 @@ def split_videos(count: int, test_fraction: float, val_fraction: float, seed: in
     n_val = max(1, round((count - n_test) * val_fraction))
     if count - n_test - n_val < 2:
         raise UserError(f"{count} videos are too few for test_fraction={test_fraction}, val_fraction={val_fraction}")
-    return {"test": np.sort(order[:n_test]), "val": np.sort(order[n_test:n_test + n_val]), "train": np.sort(order[n_test + n_val:])}
+    return {
+        "test": np.sort(order[:n_test]),
+        "val": np.sort(order[n_test : n_test + n_val]),
+        "train": np.sort(order[n_test + n_val :]),
+    }
 
 
 def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
@@ -145,8 +162,9 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
 
     ds = cfg.dataset
     limit = ctx.limit(10**9) if cfg.task.get("limit") is not None else None
-    data = load_scored_captions(ds.format, ds.scores, ds.captions, ds.target,
-                                limit=None if limit is None else max(limit * 50, 100))
+    data = load_scored_captions(
+        ds.format, ds.scores, ds.captions, ds.target, limit=None if limit is None else max(limit * 50, 100)
+    )
     features, mask = caption_tensor(CaptionEncoder(ds.cache_dir, batch_size=ds.encode_batch_size), data.captions)
     split = split_videos(len(data.scores), ds.test_fraction, ds.val_fraction, int(ds.split_seed))
     means, y = mean_embedding(features, mask), data.scores
@@ -156,32 +174,61 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     ridge_test = spearman(ridge.predict(means[split["test"]]), y[split["test"]])
 
     train_y = y[split["train"]]
-    module = instantiate(cfg.model.regressor, in_features=features.shape[-1],
-                         target_mean=float(train_y.mean()), target_std=float(train_y.std() or 1.0))
+    module = instantiate(
+        cfg.model.regressor,
+        in_features=features.shape[-1],
+        target_mean=float(train_y.mean()),
+        target_std=float(train_y.std() or 1.0),
+    )
     if cfg.model.get("init_from_ridge"):  # a ridge on the training videos only: val / test stay unseen
         start = instantiate(cfg.model.ridge).fit(means[split["train"]], y[split["train"]])
         module.init_linear(start.model.coef_, start.model.intercept_)
-    datamodule = CaptionDataModule({k: (features[v], mask[v], y[v]) for k, v in split.items()},
-                                   batch_size=ds.batch_size, subsample=bool(cfg.model.caption_subsample), seed=cfg.seed)
+    datamodule = CaptionDataModule(
+        {k: (features[v], mask[v], y[v]) for k, v in split.items()},
+        batch_size=ds.batch_size,
+        subsample=bool(cfg.model.caption_subsample),
+        seed=cfg.seed,
+    )
     trainer, ckpt_path = build_trainer(cfg, ctx, "regressor")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     predictor = LitPredictor(module)
     val_rho = spearman(predictor.predict(means[split["val"]]), y[split["val"]])
     test_rho = spearman(predictor.predict(means[split["test"]]), y[split["test"]])
 
-    ctx.write_artifact("test_predictions.csv", _csv(
-        [{"video_id": data.video_ids[j], "score": y[j], "ridge": r, "regressor": p} for j, r, p in
-         zip(split["test"], ridge.predict(means[split["test"]]), predictor.predict(means[split["test"]]))],
-        ["video_id", "score", "ridge", "regressor"]))
-    metrics = {"regressor/test_spearman": test_rho, "ridge/test_spearman": ridge_test, "regressor/val_spearman": val_rho,
-               "ridge/alpha": float(ridge.alpha), "ridge/cv_spearman": float(ridge.cv_spearman),
-               "data/train_videos": len(split["train"]), "data/val_videos": len(split["val"]), "data/test_videos": len(split["test"])}
-    records = [{"condition": "ridge", "seed": cfg.seed, "test_spearman": ridge_test},
-               {"condition": "regressor", "seed": cfg.seed, "test_spearman": test_rho, "val_spearman": val_rho}]
-    table = (f"{ds.name}: {len(data.scores)} videos ({len(split['train'])} train / {len(split['val'])} val / "
-             f"{len(split['test'])} test, split by video, seed {ds.split_seed}); mean MiniLM caption embedding -> "
-             f"{ds.target} score; Spearman on held-out videos.\n\n"
-             + _table([{"model": f"ridge (alpha {ridge.alpha:g})", "test_spearman": ridge_test, "val_spearman": float("nan")},
-                       {"model": "regressor", "test_spearman": test_rho, "val_spearman": val_rho}],
-                      ["model", "test_spearman", "val_spearman"]))
+    ctx.write_artifact(
+        "test_predictions.csv",
+        _csv(
+            [
+                {"video_id": data.video_ids[j], "score": y[j], "ridge": r, "regressor": p}
+                for j, r, p in zip(split["test"], ridge.predict(means[split["test"]]), predictor.predict(means[split["test"]]))
+            ],
+            ["video_id", "score", "ridge", "regressor"],
+        ),
+    )
+    metrics = {
+        "regressor/test_spearman": test_rho,
+        "ridge/test_spearman": ridge_test,
+        "regressor/val_spearman": val_rho,
+        "ridge/alpha": float(ridge.alpha),
+        "ridge/cv_spearman": float(ridge.cv_spearman),
+        "data/train_videos": len(split["train"]),
+        "data/val_videos": len(split["val"]),
+        "data/test_videos": len(split["test"]),
+    }
+    records = [
+        {"condition": "ridge", "seed": cfg.seed, "test_spearman": ridge_test},
+        {"condition": "regressor", "seed": cfg.seed, "test_spearman": test_rho, "val_spearman": val_rho},
+    ]
+    table = (
+        f"{ds.name}: {len(data.scores)} videos ({len(split['train'])} train / {len(split['val'])} val / "
+        f"{len(split['test'])} test, split by video, seed {ds.split_seed}); mean MiniLM caption embedding -> "
+        f"{ds.target} score; Spearman on held-out videos.\n\n"
+        + _table(
+            [
+                {"model": f"ridge (alpha {ridge.alpha:g})", "test_spearman": ridge_test, "val_spearman": float("nan")},
+                {"model": "regressor", "test_spearman": test_rho, "val_spearman": val_rho},
+            ],
+            ["model", "test_spearman", "val_spearman"],
+        )
+    )
     return TaskResult(metrics=metrics, table=table, records=records)

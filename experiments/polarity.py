@@ -10,6 +10,7 @@ max_epochs + 1 for runs that never do), and the fraction of runs exceeding it; m
 seeds, Wilcoxon signed-rank (paired by seed) and Mann-Whitney U between named pairs, each Holm-corrected.
 Weights that disagree with their template start aligned by `polarity.align` (flip | reset).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -64,8 +65,13 @@ def parse_conditions(pcfg: DictConfig) -> list[Condition]:
         unknown = set(spec) - {"template", "freeze", "reset", "init"}
         if unknown:
             raise UserError(f"polarity.conditions.{name}: unknown keys {sorted(unknown)} (valid: template, freeze, reset, init)")
-        condition = Condition(str(name), spec.get("template", "random"), bool(spec.get("freeze", False)),
-                              spec.get("reset", pcfg.reset), spec.get("init", "fresh"))
+        condition = Condition(
+            str(name),
+            spec.get("template", "random"),
+            bool(spec.get("freeze", False)),
+            spec.get("reset", pcfg.reset),
+            spec.get("init", "fresh"),
+        )
         if condition.init not in INITS:
             raise UserError(f"polarity.conditions.{name}.init={condition.init!r} must be one of {INITS}")
         conditions.append(condition)
@@ -83,8 +89,15 @@ ALIGNMENTS = ("flip", "reset")
 ALIGN_SEED_OFFSET = 7_919
 
 
-def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_state: Mapping[str, Tensor] | None,
-                 eps: float, seed: int, constrain_new_layers: bool = True, align: str = "flip") -> list[SignConstraint]:
+def prepare_runs(
+    network: nn.Module,
+    conditions: Sequence[Condition],
+    source_state: Mapping[str, Tensor] | None,
+    eps: float,
+    seed: int,
+    constrain_new_layers: bool = True,
+    align: str = "flip",
+) -> list[SignConstraint]:
     """Set initial weights for each run and return the Freeze-SGD constraints.
 
     `conditions[r]` is run r's condition; for a population network the runs are its leading axis,
@@ -107,8 +120,10 @@ def prepare_runs(network: nn.Module, conditions: Sequence[Condition], source_sta
     def per_run(select: Callable[[Condition, Tensor], Tensor]) -> dict[str, Tensor]:
         stacked = {}
         for name in constrained_parameters(network):
-            rows = [select(c, by_kind[c.template][name][r] if population else by_kind[c.template][name])
-                    for r, c in enumerate(conditions)]
+            rows = [
+                select(c, by_kind[c.template][name][r] if population else by_kind[c.template][name])
+                for r, c in enumerate(conditions)
+            ]
             stacked[name] = torch.stack(rows) if population else rows[0]
         return stacked
 
@@ -136,14 +151,24 @@ def check_transfer(network: nn.Module, source_state: Mapping[str, Tensor]) -> No
     layers = constrained_parameters(network)
     matched = transferred_names(network, source_state)
     if not matched:
-        raise UserError(f"polarity.source: no layer of the source network matches this network (0 of {len(layers)} weight "
-                        "shapes agree); the source is another architecture: use a checkpoint of model.network")
+        raise UserError(
+            f"polarity.source: no layer of the source network matches this network (0 of {len(layers)} weight "
+            "shapes agree); the source is another architecture: use a checkpoint of model.network"
+        )
     log.info("transfer: %d of %d layers take the source network's signs / weights", len(matched), len(layers))
 
 
-def fit(cfg: DictConfig, ctx: RunContext, fit_name: str, network: nn.Module, datamodule,
-        constraints: Sequence[SignConstraint], labels: Sequence[str], data_index: Sequence[int] | None = None,
-        max_epochs: int | None = None) -> PolarityLitModule:
+def fit(
+    cfg: DictConfig,
+    ctx: RunContext,
+    fit_name: str,
+    network: nn.Module,
+    datamodule,
+    constraints: Sequence[SignConstraint],
+    labels: Sequence[str],
+    data_index: Sequence[int] | None = None,
+    max_epochs: int | None = None,
+) -> PolarityLitModule:
     """One Lightning fit (resumed from checkpoints/<fit_name>/last.ckpt when present)."""
     epochs = int(max_epochs or cfg.trainer.get("max_epochs") or 1)
     module = PolarityLitModule(network, instantiate(cfg.model.optimizer), constraints, labels, data_index, history_len=epochs)
@@ -162,7 +187,9 @@ def load_source_state(path: str) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise UserError(f"polarity.source.checkpoint={path}: no such file") from None
     except Exception as exc:
-        raise UserError(f"polarity.source.checkpoint={path}: not a readable torch checkpoint ({exc.__class__.__name__})") from None
+        raise UserError(
+            f"polarity.source.checkpoint={path}: not a readable torch checkpoint ({exc.__class__.__name__})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = {k.removeprefix("network."): v for k, v in state["state_dict"].items() if k.startswith("network.")}
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -191,8 +218,10 @@ def check_disjoint_pools(cfg: DictConfig) -> None:
         return  # another data set (e.g. MNIST -> Fashion-MNIST): nothing to overlap
     source, target = source_dataset_config(cfg).get("pool", (0.0, 1.0)), cfg.dataset.get("pool", (0.0, 1.0))
     if max(float(source[0]), float(target[0])) < min(float(source[1]), float(target[1])):
-        raise UserError(f"dataset.pool={list(target)} overlaps polarity.source.dataset.pool={list(source)}: the target "
-                        "would train on images the source saw; use adjacent ranges, e.g. [0.0, 0.5] and [0.5, 1.0]")
+        raise UserError(
+            f"dataset.pool={list(target)} overlaps polarity.source.dataset.pool={list(source)}: the target "
+            "would train on images the source saw; use adjacent ranges, e.g. [0.0, 0.5] and [0.5, 1.0]"
+        )
 
 
 def _accepts_config_key(node: DictConfig) -> bool:
@@ -213,8 +242,11 @@ def train_source(cfg: DictConfig, ctx: RunContext) -> tuple[dict[str, Tensor], d
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
     torch.save(state, ctx.output_dir / "source_network.pt")
     loss, acc = module.curves()
-    return state, {f"source/{k}": v for k, v in run_metrics(loss[:, 0], acc[:, 0], cfg.task.cutoff).items()
-                   if k in ("val_error", "final_val_error")}
+    return state, {
+        f"source/{k}": v
+        for k, v in run_metrics(loss[:, 0], acc[:, 0], cfg.task.cutoff).items()
+        if k in ("val_error", "final_val_error")
+    }
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
@@ -241,8 +273,10 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
 
     if getattr(get_class(cfg.model.network._target_), "population", False):
         if "seeds" not in inspect.signature(get_class(cfg.dataset._target_)).parameters:
-            raise UserError(f"model={cfg.model.name} trains a population on XOR-style data, not on dataset={cfg.dataset.name}; "
-                            "use model=polarity_cnn or model=polarity_alexnet for images")
+            raise UserError(
+                f"model={cfg.model.name} trains a population on XOR-style data, not on dataset={cfg.dataset.name}; "
+                "use model=polarity_cnn or model=polarity_alexnet for images"
+            )
         runs = [(c, s) for c in conditions for s in seeds]
         datamodule = instantiate(cfg.dataset, seeds=seeds)
         network = build_network(cfg, datamodule, num_runs=len(runs), init_seeds=[s for _, s in runs])
@@ -265,10 +299,19 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     metrics.update(extra_metrics)
     ctx.save_figure(learning_curve_figure(curves, cutoff, title=f"{cfg.dataset.name}, {cfg.model.name}"), "learning_curves")
     epochs = int(cfg.trainer.get("max_epochs") or 1)
-    data = ("one train/validation draw for all runs (dataset.data_seed)" if cfg.dataset.get("data_seed") is not None
-            else "one train/validation draw per seed") if "data_seed" in cfg.dataset else "training subset seeded per seed"
-    header = (f"### Polarity: {cfg.dataset.name}, {cfg.model.name}, {len(seeds)} seeds per condition\n\n"
-              f"Validation error at the first epoch of minimum validation loss; epochs until validation accuracy "
-              f"first exceeds {cutoff:g} (strictly, as the reference), runs that never do counted as censored at "
-              f"max_epochs + 1 = {epochs + 1}. Initial alignment: {align}. Data: {data}.\n\n")
+    data = (
+        (
+            "one train/validation draw for all runs (dataset.data_seed)"
+            if cfg.dataset.get("data_seed") is not None
+            else "one train/validation draw per seed"
+        )
+        if "data_seed" in cfg.dataset
+        else "training subset seeded per seed"
+    )
+    header = (
+        f"### Polarity: {cfg.dataset.name}, {cfg.model.name}, {len(seeds)} seeds per condition\n\n"
+        f"Validation error at the first epoch of minimum validation loss; epochs until validation accuracy "
+        f"first exceeds {cutoff:g} (strictly, as the reference), runs that never do counted as censored at "
+        f"max_epochs + 1 = {epochs + 1}. Initial alignment: {align}. Data: {data}.\n\n"
+    )
     return TaskResult(metrics=metrics, table=header + table, records=records)

@@ -1,6 +1,7 @@
 """What produced a run dir: the project's commit (and its diff when the tree was dirty), Python and
 package versions, the host and, under SLURM, the job id. Written to `provenance.json` in every run dir
 and logged to W&B as config, so a result can be traced to the code that computed it."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,20 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("torch", "lightning", "hydra-core", "omegaconf", "numpy", "transformers", "peft", "wandb",
-            "opencv-contrib-python-headless", "torchmetrics", "scikit-learn", "scipy")
+PACKAGES = (
+    "torch",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+    "transformers",
+    "peft",
+    "wandb",
+    "opencv-contrib-python-headless",
+    "torchmetrics",
+    "scikit-learn",
+    "scipy",
+)
 
 
 def _git(*args: str) -> str | None:

@@ -4,6 +4,7 @@ Lightning advertises a cloud logger on every fit and says "srun is available but
 with SLURM installed; PyTorch warns about a pytree API that Lightning uses. None of it asks anything of
 the user, and together it scrolls the results table away.
 """
+
 from __future__ import annotations
 
 import logging

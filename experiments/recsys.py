@@ -12,6 +12,7 @@ One job = one cell (attack, attack size, defence, model, data set, seed):
 Per-epoch metrics go to the loggers (series "epoch"); the fake profiles to artifacts/fake_profiles.csv.
 Resume: the loop state is saved every epoch (`ctx.save_state("recsys")`) and picked up per `ckpt_path`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,10 @@ def resolve_targets(spec: Any, data: RatingData) -> list[int]:
     sets = data.info.get("targets", {})
     if isinstance(spec, str):
         if spec not in sets:
-            raise UserError(f"task.targets={spec!r} is not a target set of dataset {data.name} (known: {', '.join(sets) or 'none'}); "
-                            "name one or give a list of item ids")
+            raise UserError(
+                f"task.targets={spec!r} is not a target set of dataset {data.name} (known: {', '.join(sets) or 'none'}); "
+                "name one or give a list of item ids"
+            )
         items = list(sets[spec])
     else:
         items = [int(x) for x in spec]
@@ -62,7 +65,7 @@ def attack_shape(cfg: DictConfig, ctx: RunContext, data: RatingData, n_targets: 
     size = float(cfg.attack.size)
     if not 0 < size <= 0.5:
         raise UserError(f"attack.size={size}: must be a fraction of users in (0, 0.5], e.g. 0.03 for 3 %")
-    n_fake = ctx.limit(max(1, int(round(size * data.n_users))))   # debug=fast: a couple of fake users
+    n_fake = ctx.limit(max(1, int(round(size * data.n_users))))  # debug=fast: a couple of fake users
     filler = cfg.attack.get("filler")
     if filler is None:
         filler = int(round(len(data.train[0]) / data.n_users)) - n_targets
@@ -71,8 +74,9 @@ def attack_shape(cfg: DictConfig, ctx: RunContext, data: RatingData, n_targets: 
     return n_fake, int(filler)
 
 
-def evaluate(model: torch.nn.Module, data: RatingData, rated: torch.Tensor, targets: Sequence[int],
-             ks: Sequence[int], loo_k: int) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, data: RatingData, rated: torch.Tensor, targets: Sequence[int], ks: Sequence[int], loo_k: int
+) -> dict[str, float]:
     """Every metric of model 0 on the real users (metrics.py)."""
     with torch.no_grad():
         scores = model.full_scores()[: data.n_users]
@@ -100,17 +104,35 @@ def cache_dir(cfg: DictConfig) -> Path:
     raise UserError(f"task.cache_dir={cfg.task.cache_dir}: not writable, nor ~/.cache/fivefold/recsys; set task.cache_dir")
 
 
-def make_profiles(cfg: DictConfig, attack: Any, data: RatingData, train: torch.Tensor, targets: list[int],
-                  n_fake: int, n_filler: int, generator: torch.Generator) -> torch.Tensor:
+def make_profiles(
+    cfg: DictConfig,
+    attack: Any,
+    data: RatingData,
+    train: torch.Tensor,
+    targets: list[int],
+    n_fake: int,
+    n_filler: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """The fake profiles; a model-based attack (`attack.cache`) reuses profiles cached for the same data,
     targets, attack settings, size and seed, so the defences of one sweep face the same profiles."""
     if not n_fake:
         return torch.zeros(0, data.n_items)
     path = None
     if cfg.attack.get("cache"):
-        key = json.dumps(dict(data=data.name, n=[data.n_users, data.n_items, len(data.train[0])], targets=targets,
-                              attack=OmegaConf.to_container(cfg.attack.method, resolve=True), n_fake=n_fake,
-                              n_filler=n_filler, seed=int(cfg.seed), limit=cfg.task.get("limit")), sort_keys=True)
+        key = json.dumps(
+            dict(
+                data=data.name,
+                n=[data.n_users, data.n_items, len(data.train[0])],
+                targets=targets,
+                attack=OmegaConf.to_container(cfg.attack.method, resolve=True),
+                n_fake=n_fake,
+                n_filler=n_filler,
+                seed=int(cfg.seed),
+                limit=cfg.task.get("limit"),
+            ),
+            sort_keys=True,
+        )
         path = cache_dir(cfg) / f"profiles_{cfg.attack.name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
         if path.is_file():
             log.info("attack %s: profiles from cache %s", cfg.attack.name, path)
@@ -130,9 +152,11 @@ def profiles_csv(fake: torch.Tensor, first_user: int) -> str:
 
 
 def results_table(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> str:
-    head = (f"recsys: model={cfg.model.name} dataset={cfg.dataset.name} attack={cfg.attack.name} "
-            f"(size {extra['attack_size']}, {extra['n_fake']} fake users x {extra['n_filler']} filler) "
-            f"defense={cfg.defense.name} epochs={extra['epochs']} seed={cfg.seed}\n\n")
+    head = (
+        f"recsys: model={cfg.model.name} dataset={cfg.dataset.name} attack={cfg.attack.name} "
+        f"(size {extra['attack_size']}, {extra['n_fake']} fake users x {extra['n_filler']} filler) "
+        f"defense={cfg.defense.name} epochs={extra['epochs']} seed={cfg.seed}\n\n"
+    )
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
     return head + "| metric | value |\n|---|---|\n" + rows
 
@@ -141,10 +165,12 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     if cfg.task.get("threads"):
         torch.set_num_threads(int(cfg.task.threads))
     data: RatingData = instantiate(cfg.dataset)
-    targets = resolve_targets(OmegaConf.to_object(cfg.task.targets) if not isinstance(cfg.task.targets, str) else cfg.task.targets, data)
+    targets = resolve_targets(
+        OmegaConf.to_object(cfg.task.targets) if not isinstance(cfg.task.targets, str) else cfg.task.targets, data
+    )
     epochs = ctx.limit(int(cfg.task.epochs))
     attack = instantiate(cfg.attack.method)
-    if hasattr(attack, "epochs"):                # surrogate models: debug=fast bounds their epochs too
+    if hasattr(attack, "epochs"):  # surrogate models: debug=fast bounds their epochs too
         attack.epochs = ctx.limit(int(attack.epochs))
     defense = instantiate(cfg.defense.method)
     n_fake, n_filler = attack_shape(cfg, ctx, data, len(targets), getattr(attack, "injects", True))
@@ -180,12 +206,33 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         history.append(row)
         ctx.log_metrics({f"epoch/{k}": v for k, v in row.items()}, step=epoch, series="epoch")
         log.info("epoch %d: %s", epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
-        ctx.save_state(STATE, dict(fake=fake, models=[m.state_dict() for m in models], epoch=epoch, history=history,
-                                   optimizers=[o.state_dict() for o in optimizers], generator=generator.get_state()))
+        ctx.save_state(
+            STATE,
+            dict(
+                fake=fake,
+                models=[m.state_dict() for m in models],
+                epoch=epoch,
+                history=history,
+                optimizers=[o.state_dict() for o in optimizers],
+                generator=generator.get_state(),
+            ),
+        )
 
     stats = LoopStats()
-    fit(models, optimizers, samples, defense, epochs, int(cfg.task.batch_size), rated, data.max_rating, generator,
-        start_epoch=start, on_epoch_end=on_epoch_end, stats=stats)
+    fit(
+        models,
+        optimizers,
+        samples,
+        defense,
+        epochs,
+        int(cfg.task.batch_size),
+        rated,
+        data.max_rating,
+        generator,
+        start_epoch=start,
+        on_epoch_end=on_epoch_end,
+        stats=stats,
+    )
     if not history:
         raise UserError(f"task.epochs={cfg.task.epochs}: nothing was trained; set task.epochs >= 1")
     last = history[-1]
@@ -200,9 +247,14 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         metrics["train/pseudo_labels_per_model"] = float(np.mean(stats.pseudo_per_model))
     extra = dict(attack_size=float(cfg.attack.size) if n_fake else 0.0, n_fake=n_fake, n_filler=n_filler, epochs=epochs)
     # Factor names differ from the override keys (attack=, defense=) that experiments.aggregate adds itself.
-    record = dict(attack_name=str(cfg.attack.name), defense_name=str(cfg.defense.name), model_name=str(cfg.model.name),
-                  dataset_name=str(cfg.dataset.name), attack_size=extra["attack_size"], seed=int(cfg.seed),
-                  targets=",".join(map(str, targets)),
-                  **{k.split("/", 1)[1] if k.startswith("test/") else k: v for k, v in metrics.items()
-                     if not k.endswith("/epoch")})   # epochs stay in metrics.json: an int field would read as a factor
+    record = dict(
+        attack_name=str(cfg.attack.name),
+        defense_name=str(cfg.defense.name),
+        model_name=str(cfg.model.name),
+        dataset_name=str(cfg.dataset.name),
+        attack_size=extra["attack_size"],
+        seed=int(cfg.seed),
+        targets=",".join(map(str, targets)),
+        **{k.split("/", 1)[1] if k.startswith("test/") else k: v for k, v in metrics.items() if not k.endswith("/epoch")},
+    )  # epochs stay in metrics.json: an int field would read as a factor
     return TaskResult(metrics=metrics, table=results_table(cfg, metrics, extra), records=[record])

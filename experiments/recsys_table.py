@@ -5,6 +5,7 @@
 One table per metric: rows = attacks, columns = defences, cells = the median over seeds (one seed: the
 value); an empty cell is a job that did not run or did not finish.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,16 @@ def tables(summary: Path, metrics: list[str]) -> str:
     for metric in metrics:
         cell = {(r["attack"], r["defense"]): float(r["median"]) for r in rows if r["metric"] == metric}
         defenses = [d for d in DEFENSES if any(k[1] == d for k in cell)]
-        lines = [f"**{metric}** (median over seeds)", "", "| attack | " + " | ".join(defenses) + " |",
-                 "|---|" + "---|" * len(defenses)]
+        lines = [
+            f"**{metric}** (median over seeds)",
+            "",
+            "| attack | " + " | ".join(defenses) + " |",
+            "|---|" + "---|" * len(defenses),
+        ]
         for attack in [a for a in ATTACKS if any(k[0] == a for k in cell)]:
-            lines.append(f"| {attack} | " + " | ".join(f"{cell[(attack, d)]:.4g}" if (attack, d) in cell else "" for d in defenses) + " |")
+            lines.append(
+                f"| {attack} | " + " | ".join(f"{cell[(attack, d)]:.4g}" if (attack, d) in cell else "" for d in defenses) + " |"
+            )
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 

@@ -1,4 +1,5 @@
 """Writing an aggregate: Markdown and CSV tables, faceted plots, and an optional W&B run."""
+
 from __future__ import annotations
 
 import csv
@@ -62,19 +63,35 @@ def _wide_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return _md_table([*cols, *conditions], body)
 
 
-def render_markdown(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], title: str,
-                    notes: Sequence[str] = ()) -> str:
+def render_markdown(
+    summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], title: str, notes: Sequence[str] = ()
+) -> str:
     """summary.md: a header, notes, one table per metric, then the comparisons table if any."""
     cols = _row_columns(summary, SUMMARY_FIELDS)
     parts = [f"# {title}", *notes]
     for metric in dict.fromkeys(r["metric"] for r in summary):
-        parts += [f"## {metric}", "median [IQR] over seeds; (n/runs) where some runs have no value",
-                  _wide_table([r for r in summary if r["metric"] == metric], cols)]
+        parts += [
+            f"## {metric}",
+            "median [IQR] over seeds; (n/runs) where some runs have no value",
+            _wide_table([r for r in summary if r["metric"] == metric], cols),
+        ]
     if comparisons:
         ccols = _row_columns(comparisons, COMPARE_FIELDS)
-        body = [[_fmt(r.get(c)) for c in ccols] + [r["metric"], r["factor"], _fmt(r["a"]), _fmt(r["b"]), str(r["n_a"]),
-                                                    str(r["n_b"]), _fmt(r["diff_median"]), _fmt(r["p"]), _fmt(r["p_holm"])]
-                for r in comparisons]
+        body = [
+            [_fmt(r.get(c)) for c in ccols]
+            + [
+                r["metric"],
+                r["factor"],
+                _fmt(r["a"]),
+                _fmt(r["b"]),
+                str(r["n_a"]),
+                str(r["n_b"]),
+                _fmt(r["diff_median"]),
+                _fmt(r["p"]),
+                _fmt(r["p_holm"]),
+            ]
+            for r in comparisons
+        ]
         header = [*ccols, "metric", "factor", "A", "B", "n A", "n B", "median A − B", "p", "p (Holm)"]
         tests = " / ".join(dict.fromkeys(r["test"] for r in comparisons))
         parts += [f"## Comparisons ({tests}, two-sided; Holm-adjusted within each row group)", _md_table(header, body)]
@@ -160,7 +177,7 @@ def write_plots(out_dir: Path, summary: list[dict[str, Any]], x: str | None = No
             for ax, (title, panel_rows) in zip(axes.flat, panels.items()):
                 _plot_lines(ax, panel_rows, x, colours)
                 ax.set_title(title or metric, fontsize="medium")
-            for ax in axes.flat[len(panels):]:
+            for ax in axes.flat[len(panels) :]:
                 ax.set_visible(False)
             for ax in axes[:, 0]:
                 ax.set_ylabel(metric)
@@ -182,8 +199,14 @@ def write_plots(out_dir: Path, summary: list[dict[str, Any]], x: str | None = No
     return paths
 
 
-def write_outputs(out_dir: Path, summary: list[dict[str, Any]], comparisons: Sequence[dict[str, Any]] = (),
-                  x: str | None = None, title: str = "Aggregate", notes: Sequence[str] = ()) -> str:
+def write_outputs(
+    out_dir: Path,
+    summary: list[dict[str, Any]],
+    comparisons: Sequence[dict[str, Any]] = (),
+    x: str | None = None,
+    title: str = "Aggregate",
+    notes: Sequence[str] = (),
+) -> str:
     """Write summary.csv, summary.md, comparisons.csv (if any) and plots; return the Markdown."""
     out_dir = Path(out_dir)
     try:
@@ -208,8 +231,14 @@ def log_to_wandb(out_dir: Path, summary: list[dict[str, Any]], sweep_dir: Path) 
     from experiments.resolvers import wandb_offline
 
     sweep_dir = Path(sweep_dir).resolve()
-    run = wandb.init(project="fivefold", group=f"{sweep_dir.parent.parent.name}-{sweep_dir.name}", job_type="aggregate",
-                     name=f"aggregate {sweep_dir.name}", dir=str(out_dir), mode="offline" if wandb_offline() else "online")
+    run = wandb.init(
+        project="fivefold",
+        group=f"{sweep_dir.parent.parent.name}-{sweep_dir.name}",
+        job_type="aggregate",
+        name=f"aggregate {sweep_dir.name}",
+        dir=str(out_dir),
+        mode="offline" if wandb_offline() else "online",
+    )
     try:
         columns = _row_columns(summary, SUMMARY_FIELDS) + SUMMARY_FIELDS
         table = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in summary])

@@ -1,4 +1,5 @@
 """OmegaConf resolvers used by the YAML in conf/ (registered once, on import)."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,9 @@ def _cached_online_problem() -> str | None:
         if _online_checks[key]:
             import logging
 
-            logging.getLogger(__name__).warning("W&B: %s; logging offline instead (sync later with `wandb sync`)",
-                                                _online_checks[key])
+            logging.getLogger(__name__).warning(
+                "W&B: %s; logging offline instead (sync later with `wandb sync`)", _online_checks[key]
+            )
     return _online_checks[key]
 
 
@@ -115,8 +117,11 @@ def slurm_gpus(accelerator: object, devices: object) -> int | None:
     if count is None:
         import logging
 
-        logging.getLogger(__name__).warning("trainer.devices=%s does not say how many GPUs to request; set "
-                                            "trainer.devices to a number or hydra.launcher.gpus_per_node", devices)
+        logging.getLogger(__name__).warning(
+            "trainer.devices=%s does not say how many GPUs to request; set "
+            "trainer.devices to a number or hydra.launcher.gpus_per_node",
+            devices,
+        )
     return count
 
 
@@ -127,8 +132,12 @@ def slurm_tasks(devices: object) -> int:
 
 
 def register() -> None:
-    for name, fn in {"wandb_offline": wandb_offline, "sweep_group": sweep_group,
-                     "slurm_gpus": slurm_gpus, "slurm_tasks": slurm_tasks}.items():
+    for name, fn in {
+        "wandb_offline": wandb_offline,
+        "sweep_group": sweep_group,
+        "slurm_gpus": slurm_gpus,
+        "slurm_tasks": slurm_tasks,
+    }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=False)
     if not OmegaConf.has_resolver("run_id"):

@@ -14,6 +14,7 @@ Layout of a run dir (Hydra's output dir)::
 
 Only global rank 0 writes; other ranks (DDP, torchrun, srun tasks) run the same code and skip writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -190,7 +191,9 @@ class RunContext:
             return str(last) if last.is_file() else None
         if choice == RESUME_LAST:
             if not last.is_file():
-                raise UserError(f"ckpt_path=last: no checkpoint at {last}; run in that dir first (hydra.run.dir=...) or drop ckpt_path")
+                raise UserError(
+                    f"ckpt_path=last: no checkpoint at {last}; run in that dir first (hydra.run.dir=...) or drop ckpt_path"
+                )
             return str(last)
         path = Path(choice)
         if path.is_dir():
@@ -200,8 +203,10 @@ class RunContext:
             raise UserError(f"ckpt_path={choice}: no such checkpoint file or run dir")
         self._fits_resumed_from_file.add(fit_name)
         if len(self._fits_resumed_from_file) > 1:
-            raise UserError(f"ckpt_path={choice} is one checkpoint, but this run has several fits "
-                            f"({', '.join(sorted(self._fits_resumed_from_file))}); pass the run dir instead")
+            raise UserError(
+                f"ckpt_path={choice} is one checkpoint, but this run has several fits "
+                f"({', '.join(sorted(self._fits_resumed_from_file))}); pass the run dir instead"
+            )
         return str(path)
 
     def save_state(self, name: str, state: Mapping[str, Any]) -> Path:
@@ -224,7 +229,9 @@ class RunContext:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise UserError(f"cannot read saved state {path} ({exc.__class__.__name__}); delete it or pass ckpt_path=none") from None
+            raise UserError(
+                f"cannot read saved state {path} ({exc.__class__.__name__}); delete it or pass ckpt_path=none"
+            ) from None
         if not isinstance(state, dict):
             raise UserError(f"saved state {path} is not a dict of state; delete it or pass ckpt_path=none")
         log.info("%s: resuming from %s", name, path)

@@ -5,6 +5,7 @@ A run dir is reused on purpose (SLURM requeue, `ckpt_path=last`) and by accident
 `hydra.run.dir`, two sweeps given the same dir). The lock stops two live runs from sharing one dir; the
 fingerprint stops a resumed run from continuing checkpoints written under another config.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -22,9 +23,22 @@ LOCK_FILE = ".run.lock"
 FINGERPRINT_FILE = "config_fingerprint.json"
 STALE_RESULTS = ("metrics.json", "records.jsonl", "results.md")
 # Keys that may change between a run and its resume without changing what is computed.
-RESUMABLE_CHANGES = ("logger", "paths", "hydra", "ckpt_path", "resume_check", "optimized_metric", "callbacks",
-                     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.max_epochs",
-                     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy")
+RESUMABLE_CHANGES = (
+    "logger",
+    "paths",
+    "hydra",
+    "ckpt_path",
+    "resume_check",
+    "optimized_metric",
+    "callbacks",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.max_epochs",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+)
 
 
 class RunDirLock:
@@ -43,8 +57,9 @@ class RunDirLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise UserError(f"run dir {self.path.parent} is in use by {holder}; wait for it or choose another "
-                            "hydra.run.dir / hydra.sweep.dir") from None
+            raise UserError(
+                f"run dir {self.path.parent} is in use by {holder}; wait for it or choose another hydra.run.dir / hydra.sweep.dir"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -77,8 +92,7 @@ def fingerprint(resolved: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     run dir are written relative to it, so resuming another run dir's checkpoints compares like with like."""
     root = str(Path(run_dir).absolute())
     flat = {k: (v.replace(root, "<run dir>") if isinstance(v, str) else v) for k, v in _flatten(resolved)}
-    return {k: v for k, v in flat.items()
-            if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)}
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)}
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -119,8 +133,10 @@ def check_resume_config(run_dir: Path, resolved: Mapping[str, Any], ckpt_path: A
         diffs = config_differences(old, current) if isinstance(old, dict) else []
         if diffs:
             shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-            raise UserError(f"checkpoints in {source} were written with another config ({shown}): use another "
-                            "hydra.run.dir, pass ckpt_path=none to start afresh, or resume_check=false to resume anyway")
+            raise UserError(
+                f"checkpoints in {source} were written with another config ({shown}): use another "
+                "hydra.run.dir, pass ckpt_path=none to start afresh, or resume_check=false to resume anyway"
+            )
     if ckpt_path == "none" and (run_dir / "checkpoints").is_dir():
         aside = run_dir / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
         (run_dir / "checkpoints").rename(aside)  # a fresh start must not pick up or version-suffix old files

@@ -4,6 +4,7 @@ A task is a function ``run(cfg, ctx) -> TaskResult`` named by ``cfg.task.runner`
 which task it runs, so a Lightning training task, a co-training loop, an inference plugin and a video
 pipeline all go through the same path.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,9 @@ def validate(cfg: DictConfig) -> Callable[[DictConfig, RunContext], TaskResult]:
 
         runner = get_method(runner_path)
     except Exception:
-        raise UserError(f"task.runner={runner_path!r} is not an importable function; fix conf/task/{cfg.task.get('name')}.yaml") from None
+        raise UserError(
+            f"task.runner={runner_path!r} is not an importable function; fix conf/task/{cfg.task.get('name')}.yaml"
+        ) from None
     check_key_ranges(cfg)
     check_targets(cfg)
     keep_wandb_offline_when_it_cannot_go_online(cfg)
@@ -96,7 +99,9 @@ def prepare_output_dir(output_dir: Path) -> RunDirLock | None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"output dir {output_dir} is not writable ({exc.strerror}); set hydra.run.dir / paths.log_dir to a writable folder") from None
+        raise UserError(
+            f"output dir {output_dir} is not writable ({exc.strerror}); set hydra.run.dir / paths.log_dir to a writable folder"
+        ) from None
     if not is_global_zero():
         return None  # other ranks of one launch share rank 0's dir and never write results
     lock = RunDirLock(output_dir)

@@ -10,6 +10,7 @@ read from `squeue` where the cluster keeps no accounting.
   node, scripts/slurm_local.sh): submitit then warned on every poll and could never see a job die. Such
   clusters are polled with `squeue --states=all` instead; finished jobs stay there for `MinJobAge`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,10 @@ def sbatch_refusal(stderr: str, params: dict[str, Any]) -> str:
             named = [k for k in keys if params.get(k) is not None] or list(keys[:1])
             shown = ", ".join(f"hydra.launcher.{k}={params.get(k)}" for k in named)
             return f"{shown}: sbatch refused the job ({reason}); change {'it' if len(named) == 1 else 'them'} (conf/hydra/launcher/slurm.yaml)"
-    return (f"hydra.launcher: sbatch refused the job ({reason}); check hydra.launcher.partition, timeout_min, "
-            "cpus_per_task, mem_gb, gpus_per_node and additional_parameters")
+    return (
+        f"hydra.launcher: sbatch refused the job ({reason}); check hydra.launcher.partition, timeout_min, "
+        "cpus_per_task, mem_gb, gpus_per_node and additional_parameters"
+    )
 
 
 def job_failure(job: Any, error: BaseException) -> str:
@@ -73,7 +76,7 @@ def job_failure(job: Any, error: BaseException) -> str:
             texts.append(Path(path).read_text(errors="replace"))
     found = [line.strip() for text in texts for line in text.splitlines() if line.strip().startswith("error: ")]
     if found:
-        reason = found[-1][len("error: "):]
+        reason = found[-1][len("error: ") :]
     else:
         lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("-")]
         reason = lines[-1] if lines else type(error).__name__
@@ -134,15 +137,21 @@ class SlurmLauncher(SubmititSlurmLauncher):
         use_status_watcher()
         init_keys = {"max_num_timeout", "submitit_folder"}
         try:
-            executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
-                                             **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]})
+            executor = submitit.AutoExecutor(
+                cluster=self._EXECUTOR,
+                folder=self.params["submitit_folder"],
+                **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]},
+            )
         except RuntimeError as exc:  # "Could not detect srun"
-            _fail(f"hydra/launcher=slurm: {exc} (no `srun` on PATH; submit from a SLURM login node, or start a "
-                  "local cluster with scripts/slurm_local.sh start)")
+            _fail(
+                f"hydra/launcher=slurm: {exc} (no `srun` on PATH; submit from a SLURM login node, or start a "
+                "local cluster with scripts/slurm_local.sh start)"
+            )
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         try:
-            executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
-                                          for k, v in self.params.items() if k not in init_keys})
+            executor.update_parameters(
+                **{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k not in init_keys}
+            )
         except ValueError as exc:
             _fail(f"hydra.launcher: {str(exc).splitlines()[0]}")
 

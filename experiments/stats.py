@@ -4,6 +4,7 @@ Runs that never reached a cutoff (or failed a metric) report NaN; every helper h
 bad seed does not poison a whole group, and returns NaN rather than raising when there is too little
 data, so a summary table can always be written.
 """
+
 from __future__ import annotations
 
 import math

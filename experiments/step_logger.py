@@ -4,6 +4,7 @@ Every `Trainer` starts at global step 0; a model co-trained one epoch per fit (r
 would otherwise restart its curve at 0 each time and overwrite itself in CSV / TensorBoard. The view
 adds the series' offset to every step and tells the RunContext where the series got to.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -1,4 +1,5 @@
 """Building a Lightning Trainer for one fit of a task, from cfg.trainer and cfg.callbacks."""
+
 from __future__ import annotations
 
 from typing import Any

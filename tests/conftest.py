@@ -1,4 +1,5 @@
 """Shared fixtures: the data root, in-process config composition, and the command line in a subprocess."""
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,9 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
             extra.append(f"hydra.run.dir={tmp_path / 'run'}")
         if not any(a.startswith("hydra.sweep.dir=") for a in args):
             extra.append(f"hydra.sweep.dir={tmp_path / 'multirun'}")
-        return subprocess.run([sys.executable, "run.py", *args, *extra], cwd=REPO, env=cli_env(),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "run.py", *args, *extra], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout
+        )
 
     return run
 

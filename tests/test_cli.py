@@ -1,4 +1,5 @@
 """The command line as a user runs it: default run, sweeps, launchers, Optuna, DDP, W&B, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,23 @@ def test_default_run_writes_the_run_dir_and_prints_a_table(run_cli, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert "| freeze_informed |" in result.stdout
     run = tmp_path / "run"
-    for name in (".hydra/config.yaml", "config_resolved.yaml", "metrics.json", "results.md", "records.jsonl", "plots/learning_curves.png",
-                 "checkpoints/population/last.ckpt", "run.log"):
+    for name in (
+        ".hydra/config.yaml",
+        "config_resolved.yaml",
+        "metrics.json",
+        "results.md",
+        "records.jsonl",
+        "plots/learning_curves.png",
+        "checkpoints/population/last.ckpt",
+        "run.log",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) >= {"freeze_informed/val_error_median", "fluid/epochs_to_cutoff_median",
-                            "freeze_informed_vs_fluid/val_error_mwu_p"}
+    assert set(metrics) >= {
+        "freeze_informed/val_error_median",
+        "fluid/epochs_to_cutoff_median",
+        "freeze_informed_vs_fluid/val_error_mwu_p",
+    }
     assert list((run / "csv").rglob("metrics.csv")), "the CSV logger wrote its metrics"
 
 
@@ -59,19 +71,27 @@ def test_submitit_local_launcher_runs_the_cluster_code_path(run_cli, tmp_path: P
 
 def test_optuna_search_of_two_trials_optimises_the_returned_metric(run_cli, tmp_path: Path) -> None:
     storage = tmp_path / "optuna.db"
-    result = run_cli("-m", "hparams_search=polarity_xor_optuna", "hydra.sweeper.n_trials=2", *FAST,
-                     f"hydra.sweeper.storage=sqlite:///{storage}")
+    result = run_cli(
+        "-m",
+        "hparams_search=polarity_xor_optuna",
+        "hydra.sweeper.n_trials=2",
+        *FAST,
+        f"hydra.sweeper.storage=sqlite:///{storage}",
+    )
     assert result.returncode == 0, result.stderr
     best = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
-    values = [json.loads((job / "metrics.json").read_text())["freeze_informed/val_error_median"]
-              for job in completed_jobs(tmp_path / "multirun")]
+    values = [
+        json.loads((job / "metrics.json").read_text())["freeze_informed/val_error_median"]
+        for job in completed_jobs(tmp_path / "multirun")
+    ]
     assert len(values) == 2 and best["best_value"] == pytest.approx(min(values))
     assert storage.stat().st_size > 0
 
 
 def test_ddp_with_two_cpu_processes(run_cli, tmp_path: Path) -> None:
-    result = run_cli("trainer=ddp_cpu", "trainer.max_epochs=3", "task.num_seeds=2", "logger=csv",
-                     "trainer.enable_progress_bar=false")
+    result = run_cli(
+        "trainer=ddp_cpu", "trainer.max_epochs=3", "task.num_seeds=2", "logger=csv", "trainer.enable_progress_bar=false"
+    )
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output
@@ -80,8 +100,9 @@ def test_ddp_with_two_cpu_processes(run_cli, tmp_path: Path) -> None:
 
 
 def test_wandb_offline_runs_hold_their_own_metrics_grouped_per_sweep(run_cli, tmp_path: Path) -> None:
-    result = run_cli("-m", "seed=0,1", "task.num_seeds=2", "trainer.max_epochs=3", "logger=wandb",
-                     "trainer.enable_progress_bar=false")
+    result = run_cli(
+        "-m", "seed=0,1", "task.num_seeds=2", "trainer.max_epochs=3", "logger=wandb", "trainer.enable_progress_bar=false"
+    )
     assert result.returncode == 0, result.stderr
     groups = set()
     for job in completed_jobs(tmp_path / "multirun"):
@@ -97,17 +118,24 @@ def test_wandb_offline_runs_hold_their_own_metrics_grouped_per_sweep(run_cli, tm
     assert len(groups) == 1 and groups != {""}
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("model=nope",), "Could not find 'model/nope'"),
-    (("foo=1",), "Could not override 'foo'"),
-    (("dataset.n_train=abc",), "error: dataset.n_train='abc' has type str"),
-    (("model=polarity_cnn", "dataset=fashion_mnist", "paths.data_dir=/nonexistent"),
-     "error: missing data file /nonexistent/images/fashion-mnist/train-images-idx3-ubyte.gz"),
-    (("hydra.run.dir=/proc/forbidden",), "error: hydra.run.dir=/proc/forbidden"),
-    (("experiment=polarity_fashion_mnist", "hydra.mode=RUN", "polarity.source.checkpoint=requirements.txt"),
-     "error: polarity.source.checkpoint=requirements.txt: not a readable torch checkpoint"),
-    (("ckpt_path=last",), "error: ckpt_path=last: no checkpoint at"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("model=nope",), "Could not find 'model/nope'"),
+        (("foo=1",), "Could not override 'foo'"),
+        (("dataset.n_train=abc",), "error: dataset.n_train='abc' has type str"),
+        (
+            ("model=polarity_cnn", "dataset=fashion_mnist", "paths.data_dir=/nonexistent"),
+            "error: missing data file /nonexistent/images/fashion-mnist/train-images-idx3-ubyte.gz",
+        ),
+        (("hydra.run.dir=/proc/forbidden",), "error: hydra.run.dir=/proc/forbidden"),
+        (
+            ("experiment=polarity_fashion_mnist", "hydra.mode=RUN", "polarity.source.checkpoint=requirements.txt"),
+            "error: polarity.source.checkpoint=requirements.txt: not a readable torch checkpoint",
+        ),
+        (("ckpt_path=last",), "error: ckpt_path=last: no checkpoint at"),
+    ],
+)
 def test_bad_input_gives_one_clear_message_and_no_metrics(run_cli, tmp_path: Path, args, message: str) -> None:
     result = run_cli(*args, "logger=none", *FAST)
     assert result.returncode != 0

@@ -1,4 +1,5 @@
 """Every config option composes, and every `_target_` in it matches what it instantiates."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,8 +40,15 @@ def test_every_experiment_composes_against_its_own_task(experiment: str) -> None
         assert (group in cfg) == (cfg.task.name == group), group
 
 
-TASK_GROUPS = {"polarity": "polarity", "saliency": "memorability", "cropping": "memorability", "attack": "recsys",
-               "defense": "recsys", "erc": "erc", "cqil": "cqil"}  # groups that only their own task's defaults list
+TASK_GROUPS = {
+    "polarity": "polarity",
+    "saliency": "memorability",
+    "cropping": "memorability",
+    "attack": "recsys",
+    "defense": "recsys",
+    "erc": "erc",
+    "cqil": "cqil",
+}  # groups that only their own task's defaults list
 
 
 @pytest.mark.parametrize("group", ["task", "model", "dataset", *TASK_GROUPS, "trainer", "logger", "callbacks"])
@@ -93,13 +101,16 @@ def test_wandb_runs_are_tagged_with_task_model_dataset() -> None:
     assert list(cfg.logger.wandb.tags) == ["polarity", "polarity_cnn", "fashion_mnist"]
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("dataset.n_train=abc", r"dataset.n_train='abc' has type str, but data.xor.XorDataModule expects int"),
-    ("trainer.max_epochs=ten", r"trainer.max_epochs='ten'.*expects"),
-    ("model.lr=fast", r"model.optimizer.lr='fast' \(set by \$\{model.lr\}\) has type str, but torch.optim.Adam expects"),
-    ("+dataset.shuffle_everything=true", r"dataset.shuffle_everything: 'shuffle_everything' is not a parameter"),
-    ("model.network._target_=models.nowhere.Net", r"model.network._target_: cannot import 'models.nowhere.Net'"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dataset.n_train=abc", r"dataset.n_train='abc' has type str, but data.xor.XorDataModule expects int"),
+        ("trainer.max_epochs=ten", r"trainer.max_epochs='ten'.*expects"),
+        ("model.lr=fast", r"model.optimizer.lr='fast' \(set by \$\{model.lr\}\) has type str, but torch.optim.Adam expects"),
+        ("+dataset.shuffle_everything=true", r"dataset.shuffle_everything: 'shuffle_everything' is not a parameter"),
+        ("model.network._target_=models.nowhere.Net", r"model.network._target_: cannot import 'models.nowhere.Net'"),
+    ],
+)
 def test_wrong_types_and_keys_name_the_key(override: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
         composed(override)

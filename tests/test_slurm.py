@@ -5,6 +5,7 @@ the same jobs run without SLURM: equal metrics, a requeue and a time-out that re
 ranks started by srun, and an array throttled by array_parallelism. The node declares 4 CPUs (more than
 a 2-core machine has) so that the array limit, not the node, is what keeps jobs from running at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,11 @@ def wait_until(condition, what: str, process: subprocess.Popen | None = None, ti
 
 def job_ids(sweep: Path) -> list[str]:
     """SLURM ids of a sweep's jobs, from submitit's folders (`123` for one job, `123_0`... for an array)."""
-    return sorted(p.name for p in (sweep / ".submitit").glob("*") if re.fullmatch(r"\d+(_\d+)?", p.name)
-                  and list(p.glob("*_submitted.pkl")) + list(p.glob("*_result.pkl")))
+    return sorted(
+        p.name
+        for p in (sweep / ".submitit").glob("*")
+        if re.fullmatch(r"\d+(_\d+)?", p.name) and list(p.glob("*_submitted.pkl")) + list(p.glob("*_result.pkl"))
+    )
 
 
 def scontrol_job(job_id: str) -> str:
@@ -114,13 +118,16 @@ def assert_no_status_warnings(output: str) -> None:
     assert "Bypassing sacct error" not in output, "status polls failed (no accounting and no squeue fallback)"
 
 
-@pytest.mark.parametrize(("overrides", "gpus", "tasks"), [
-    ((), None, 1),                                                     # the default CPU trainer: no gres request
-    (("trainer=ddp_cpu",), None, 2),                                   # srun tasks = devices; Lightning turns spawn into ddp
-    (("trainer=ddp", "trainer.accelerator=cpu"), None, 2),
-    (("trainer=gpu",), 1, 1),
-    (("trainer=ddp", "trainer.devices=[0,1,2]"), 3, 3),
-])
+@pytest.mark.parametrize(
+    ("overrides", "gpus", "tasks"),
+    [
+        ((), None, 1),  # the default CPU trainer: no gres request
+        (("trainer=ddp_cpu",), None, 2),  # srun tasks = devices; Lightning turns spawn into ddp
+        (("trainer=ddp", "trainer.accelerator=cpu"), None, 2),
+        (("trainer=gpu",), 1, 1),
+        (("trainer=ddp", "trainer.devices=[0,1,2]"), 3, 3),
+    ],
+)
 def test_the_launcher_asks_for_gpus_only_for_a_gpu_trainer(overrides, gpus, tasks) -> None:
     launcher = compose_config(["hydra/launcher=slurm", *overrides]).hydra.launcher
     assert (launcher.gpus_per_node, launcher.tasks_per_node) == (gpus, tasks)
@@ -131,10 +138,14 @@ def test_sbatch_refusals_name_the_launcher_key() -> None:
     params = {"partition": "gpu", "gpus_per_node": 2, "mem_gb": 900, "cpus_per_task": 64, "tasks_per_node": 1}
     assert sbatch_refusal("sbatch: error: Invalid generic resource (gres) specification\n", params) == (
         "hydra.launcher.gpus_per_node=2: sbatch refused the job (Invalid generic resource (gres) specification); "
-        "change it (conf/hydra/launcher/slurm.yaml)")
-    assert sbatch_refusal("sbatch: error: Memory specification can not be satisfied", params).startswith("hydra.launcher.mem_gb=900:")
-    assert sbatch_refusal("sbatch: error: Batch job submission failed: More processors requested than permitted",
-                          params).startswith("hydra.launcher.cpus_per_task=64, hydra.launcher.tasks_per_node=1:")
+        "change it (conf/hydra/launcher/slurm.yaml)"
+    )
+    assert sbatch_refusal("sbatch: error: Memory specification can not be satisfied", params).startswith(
+        "hydra.launcher.mem_gb=900:"
+    )
+    assert sbatch_refusal(
+        "sbatch: error: Batch job submission failed: More processors requested than permitted", params
+    ).startswith("hydra.launcher.cpus_per_task=64, hydra.launcher.tasks_per_node=1:")
     assert "\n" not in sbatch_refusal("sbatch: error: something new\nsecond line", params)
 
 
@@ -142,8 +153,15 @@ def test_squeue_lines_are_read_as_job_states() -> None:
     watcher = StatusWatcher()
     watcher._squeue = True
     info = watcher.read_info("7_0|COMPLETED|vm\n7_1|RUNNING|vm\n7_[2-5%2]|PENDING|\n8|FAILED|vm\n")
-    assert {k: v["State"] for k, v in info.items()} == {"7_0": "COMPLETED", "7_1": "RUNNING", "7_2": "PENDING", "7_3": "PENDING",
-                                                         "7_4": "PENDING", "7_5": "PENDING", "8": "FAILED"}
+    assert {k: v["State"] for k, v in info.items()} == {
+        "7_0": "COMPLETED",
+        "7_1": "RUNNING",
+        "7_2": "PENDING",
+        "7_3": "PENDING",
+        "7_4": "PENDING",
+        "7_5": "PENDING",
+        "8": "FAILED",
+    }
 
 
 @pytest.mark.slurm
@@ -161,14 +179,27 @@ def test_two_job_sweep_on_slurm_equals_the_basic_launcher(slurm_cluster, tmp_pat
 
 @pytest.mark.slurm
 def test_a_cpu_trainer_asks_for_no_gpu_and_an_sbatch_refusal_is_one_line(slurm_cluster, tmp_path: Path) -> None:
-    refused = subprocess.run(run_py("-m", "seed=0,1", "debug=fast", *SLURM, "hydra.launcher.partition=nope",
-                                    f"hydra.sweep.dir={tmp_path / 'a'}"), cwd=REPO, env=cli_env(), capture_output=True,
-                             text=True, timeout=120)
+    refused = subprocess.run(
+        run_py("-m", "seed=0,1", "debug=fast", *SLURM, "hydra.launcher.partition=nope", f"hydra.sweep.dir={tmp_path / 'a'}"),
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2
-    assert refused.stderr.strip() == ("error: hydra.launcher.partition=nope: sbatch refused the job (invalid partition "
-                                      "specified: nope); change it (conf/hydra/launcher/slurm.yaml)")
-    gpu = subprocess.run(run_py("-m", "seed=0,1", "debug=fast", "trainer=gpu", *SLURM, f"hydra.sweep.dir={tmp_path / 'b'}"),
-                         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert refused.stderr.strip() == (
+        "error: hydra.launcher.partition=nope: sbatch refused the job (invalid partition "
+        "specified: nope); change it (conf/hydra/launcher/slurm.yaml)"
+    )
+    gpu = subprocess.run(
+        run_py("-m", "seed=0,1", "debug=fast", "trainer=gpu", *SLURM, f"hydra.sweep.dir={tmp_path / 'b'}"),
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert gpu.returncode == 2 and gpu.stderr.count("\n") == 1, gpu.stderr
     assert gpu.stderr.startswith("error: hydra.launcher.gpus_per_node=1: sbatch refused the job")
     submission = next((tmp_path / "b" / ".submitit").rglob("*.sh")).read_text()
@@ -209,14 +240,16 @@ def parse_submitit_times(log_out: Path) -> tuple[datetime, datetime]:
 @pytest.mark.slurm
 def test_an_array_of_six_never_runs_more_than_array_parallelism_at_once(slurm_cluster, tmp_path: Path) -> None:
     sweep = tmp_path / "slurm"
-    process = start("-m", "seed=0,1,2,3,4,5", "debug=fast", *SLURM, "hydra.launcher.array_parallelism=2",
-                    f"hydra.sweep.dir={sweep}")
+    process = start(
+        "-m", "seed=0,1,2,3,4,5", "debug=fast", *SLURM, "hydra.launcher.array_parallelism=2", f"hydra.sweep.dir={sweep}"
+    )
     seen = 0
     while process.poll() is None:  # watch the queue while it runs
         ids = {j.split("_")[0] for j in job_ids(sweep)}
         if ids:
-            running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-j", ",".join(ids), "-o", "%i"],
-                                     capture_output=True, text=True, timeout=60).stdout.split()
+            running = subprocess.run(
+                ["squeue", "-h", "-t", "RUNNING", "-j", ",".join(ids), "-o", "%i"], capture_output=True, text=True, timeout=60
+            ).stdout.split()
             seen = max(seen, len(running))
         time.sleep(POLL_S)
     finish(process, timeout=10)
@@ -235,8 +268,16 @@ def test_an_array_of_six_never_runs_more_than_array_parallelism_at_once(slurm_cl
 @pytest.mark.slurm
 def test_ddp_over_two_srun_tasks_equals_ddp_spawn_with_two_processes(slurm_cluster, tmp_path: Path) -> None:
     args = (*TINY, "trainer.max_epochs=3")
-    on_slurm = start("-m", "seed=0", *args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *SLURM,
-                     f"hydra.sweep.dir={tmp_path / 'slurm'}")
+    on_slurm = start(
+        "-m",
+        "seed=0",
+        *args,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        *SLURM,
+        f"hydra.sweep.dir={tmp_path / 'slurm'}",
+    )
     run(*args, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'spawn'}")  # meanwhile, here
     finish(on_slurm)
     (job_id,) = job_ids(tmp_path / "slurm")
@@ -256,8 +297,16 @@ def test_a_time_out_is_requeued_by_submitit_and_resumes(slurm_cluster, tmp_path:
     (max_num_timeout) and every attempt resumes from the last epoch's last.ckpt until training is done."""
     args = (*TINY, "trainer.max_epochs=40")
     sweep = tmp_path / "slurm"
-    on_slurm = start("-m", "seed=0", *args, *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
-                     "hydra.launcher.max_num_timeout=8", f"hydra.sweep.dir={sweep}")
+    on_slurm = start(
+        "-m",
+        "seed=0",
+        *args,
+        *SLURM,
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=15",
+        "hydra.launcher.max_num_timeout=8",
+        f"hydra.sweep.dir={sweep}",
+    )
     straight = start(*args, f"hydra.run.dir={tmp_path / 'straight'}")  # meanwhile, here
     wait_until(lambda: bool(job_ids(sweep)), "submission", on_slurm)
     (job_id,) = job_ids(sweep)

@@ -3,6 +3,7 @@
 The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks (crc32 u32, length
 u16, type u8: 1 full, 2 first, 3 middle, 4 last) holding serialised `wandb_internal_pb2.Record`s.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ def _chunks(raw: bytes) -> Iterator[bytes]:
         if left_in_block < CHUNK_HEADER:
             position += left_in_block
             continue
-        _, length, kind = struct.unpack("<IHB", raw[position:position + CHUNK_HEADER])
-        data = raw[position + CHUNK_HEADER:position + CHUNK_HEADER + length]
+        _, length, kind = struct.unpack("<IHB", raw[position : position + CHUNK_HEADER])
+        data = raw[position + CHUNK_HEADER : position + CHUNK_HEADER + length]
         position += CHUNK_HEADER + length
         if kind == 1:
             yield data

@@ -1,5 +1,6 @@
 """Hydra only instantiates launchers defined under the `hydra_plugins` namespace package: this names the
 project's SLURM launcher (experiments/slurm_launcher.py) there for conf/hydra/launcher/slurm.yaml."""
+
 from experiments.slurm_launcher import SlurmLauncher as _SlurmLauncher
 
 

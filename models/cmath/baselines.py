@@ -7,6 +7,7 @@ so they never enter the recurrence. (The text-only classifier and the SDT-style 
 configurations of `models.cmath.network.CMATH`: `modalities: [text]` with every CMATH part off, and
 `symmetric: true`.)
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -20,8 +21,16 @@ from models.cmath.network import ERCOutput
 
 
 class BiGRU(nn.Module):
-    def __init__(self, dims: Mapping[str, int], num_classes: int, num_speakers: int, modalities: Sequence[str] | None = None,
-                 hidden: int = 128, layers: int = 1, dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        num_classes: int,
+        num_speakers: int,
+        modalities: Sequence[str] | None = None,
+        hidden: int = 128,
+        layers: int = 1,
+        dropout: float = 0.3,
+    ) -> None:
         super().__init__()
         self.modalities = list(modalities or dims)
         self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(sum(dims[m] for m in self.modalities), hidden), nn.Tanh())

@@ -4,6 +4,7 @@ Batches are batch-major: features (B, T, D), `mask` (B, T) True for real utteran
 are excluded as attention keys and from every loss; their outputs are zeroed so nothing downstream
 can read them.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ accuracy, weighted F1 and per-class F1 (torchmetrics) of both. The task then rea
 the epoch chosen on validation weighted F1 (the honest number) and, labelled as such, the maximum
 test weighted F1 over epochs that many ERC papers report (SDT has no validation split).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -21,19 +22,33 @@ STAGES = ("val", "test")
 
 
 class ERCLitModule(L.LightningModule):
-    def __init__(self, network: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], label_names: Sequence[str],
-                 class_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        label_names: Sequence[str],
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
         self.optimizer_factory = optimizer
         self.label_names = list(label_names)
         num_classes = len(self.label_names)
-        self.register_buffer("class_weight", torch.tensor(class_weights, dtype=torch.float) if class_weights else None, persistent=False)
-        self.metrics = nn.ModuleDict({stage: nn.ModuleDict({
-            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "weighted_f1": MulticlassF1Score(num_classes, average="weighted"),
-            "class_f1": MulticlassF1Score(num_classes, average="none"),
-        }) for stage in STAGES})
+        self.register_buffer(
+            "class_weight", torch.tensor(class_weights, dtype=torch.float) if class_weights else None, persistent=False
+        )
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+                        "weighted_f1": MulticlassF1Score(num_classes, average="weighted"),
+                        "class_f1": MulticlassF1Score(num_classes, average="none"),
+                    }
+                )
+                for stage in STAGES
+            }
+        )
         self._loss_sums = {stage: [0.0, 0] for stage in STAGES}
         self.history: list[dict[str, float]] = []
 

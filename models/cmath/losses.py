@@ -10,6 +10,7 @@
   and the detached coarse one: the feature-level term that keeps granularities aligned.
 - `reconstruction_mse`: masked MSE between a modality's input and its decoded compressed code.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,7 +37,7 @@ def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor
     teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
     student = F.log_softmax(student_logits / temperature, dim=-1)
     per_item = (teacher.exp() * (teacher - student)).sum(-1)
-    return temperature ** 2 * _masked_mean(per_item, mask)
+    return temperature**2 * _masked_mean(per_item, mask)
 
 
 def feature_consistency(fine: Tensor, coarse: Tensor, mask: Tensor) -> Tensor:

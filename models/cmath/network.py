@@ -27,6 +27,7 @@ stays as a projection without reconstruction; fusion uses mu without sampling or
 `symmetric=True` gives the SDT-style baseline: every modality queries every other one, each
 modality's representation is a linear reduction of [intra, cross...], fused by the same gate.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -64,8 +65,12 @@ class ModalityReconstruction(nn.Module):
 
     def __init__(self, dims: Mapping[str, int], hidden: int, input_dropout: float) -> None:
         super().__init__()
-        self.encoders = nn.ModuleDict({m: nn.Sequential(nn.Dropout(input_dropout), nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.GELU())
-                                       for m, d in dims.items()})
+        self.encoders = nn.ModuleDict(
+            {
+                m: nn.Sequential(nn.Dropout(input_dropout), nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.GELU())
+                for m, d in dims.items()
+            }
+        )
         self.decoders = nn.ModuleDict({m: nn.Linear(hidden, d) for m, d in dims.items()})
 
     def forward(self, features: Mapping[str, Tensor], mask: Tensor) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
@@ -97,12 +102,27 @@ class GatedVariationalFusion(nn.Module):
 class CMATH(nn.Module):
     """CMATH network; see the module docstring for each part and the SDT-derived choices."""
 
-    def __init__(self, dims: Mapping[str, int], num_classes: int, num_speakers: int, modalities: Sequence[str] | None = None,
-                 central: str = "text", hidden: int = 256, heads: int = 4, layers: int = 1, dropout: float = 0.3,
-                 input_dropout: float = 0.1, reconstruction: bool = True, cross_modal: bool = True,
-                 variational: bool = True, distillation: bool = True, symmetric: bool = False, temperature: float = 1.0,
-                 context_gru: bool = False,
-                 loss_weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        num_classes: int,
+        num_speakers: int,
+        modalities: Sequence[str] | None = None,
+        central: str = "text",
+        hidden: int = 256,
+        heads: int = 4,
+        layers: int = 1,
+        dropout: float = 0.3,
+        input_dropout: float = 0.1,
+        reconstruction: bool = True,
+        cross_modal: bool = True,
+        variational: bool = True,
+        distillation: bool = True,
+        symmetric: bool = False,
+        temperature: float = 1.0,
+        context_gru: bool = False,
+        loss_weights: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__()
         modalities = list(modalities or dims)
         missing = [m for m in modalities if m not in dims]
@@ -118,7 +138,11 @@ class CMATH(nn.Module):
         self.loss_weights = {"ce": 1.0, "fine_ce": 1.0, "kd": 1.0, "feat": 0.1, "kl": 1e-3, "recon": 1.0, **(loss_weights or {})}
         self.reconstruction = ModalityReconstruction({m: dims[m] for m in modalities}, hidden, input_dropout)
         self.positions = DialoguePositions(hidden, num_speakers)
-        self.context = nn.ModuleDict({m: nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True) for m in modalities}) if context_gru else None
+        self.context = (
+            nn.ModuleDict({m: nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True) for m in modalities})
+            if context_gru
+            else None
+        )
         used = modalities if (symmetric or self.use_cross) else [central]
         self.intra = nn.ModuleDict({m: Stack(hidden, heads, dropout, layers) for m in used})
         self.cross = nn.ModuleDict({f"{q}<-{k}": Stack(hidden, heads, dropout, layers) for q, k in self._cross_pairs()})
@@ -152,8 +176,12 @@ class CMATH(nn.Module):
         intra = {m: self.intra[m](x, None, mask) for m, x in inputs.items()}
         cross = {name: block(intra[name.split("<-")[0]], intra[name.split("<-")[1]], mask) for name, block in self.cross.items()}
         if self.symmetric:
-            fine = {m: self.reduce[m](torch.cat([intra[m]] + [cross[f"{m}<-{k}"] for k in self.modalities if k != m], -1))
-                    if self.use_cross else intra[m] for m in self.modalities}
+            fine = {
+                m: self.reduce[m](torch.cat([intra[m]] + [cross[f"{m}<-{k}"] for k in self.modalities if k != m], -1))
+                if self.use_cross
+                else intra[m]
+                for m in self.modalities
+            }
         else:
             fine = {self.central: intra[self.central], **cross}
         z, mu, logvar = self.fusion(list(fine.values()), sample=self.training and self.use_variational)
@@ -162,7 +190,9 @@ class CMATH(nn.Module):
             logits=self.head(z),
             fine_logits={n: self.fine_heads[n](f) for n, f in fine.items()},
             fine_features={n: self.projections[n](f) for n, f in fine.items()},
-            coarse=z, mu=mu, logvar=logvar,
+            coarse=z,
+            mu=mu,
+            logvar=logvar,
             reconstructions=pairs if self.use_reconstruction else {},
         )
 

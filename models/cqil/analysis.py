@@ -7,6 +7,7 @@ their inputs are similar), so the proposal rule checks perplexity on calibration
 The removal baseline is ShortGPT's (Men et al. 2024): drop the layers with the lowest Block
 Influence BI_i = 1 - cos(input_i, output_i).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -25,10 +26,15 @@ def layer_inputs_similarity(model: nn.Module, windows: Tensor) -> Tensor:
     layer's output (index L), averaged over the calibration windows."""
     layers = decoder_of(model).layers
     captured: list[Tensor] = []
-    hooks = [layer.register_forward_pre_hook(lambda m, args, kw: captured.append(
-        (args[0] if args else kw["hidden_states"]).detach()), with_kwargs=True) for layer in layers]
-    hooks.append(layers[-1].register_forward_hook(lambda m, a, out: captured.append(
-        (out[0] if isinstance(out, tuple) else out).detach())))
+    hooks = [
+        layer.register_forward_pre_hook(
+            lambda m, args, kw: captured.append((args[0] if args else kw["hidden_states"]).detach()), with_kwargs=True
+        )
+        for layer in layers
+    ]
+    hooks.append(
+        layers[-1].register_forward_hook(lambda m, a, out: captured.append((out[0] if isinstance(out, tuple) else out).detach()))
+    )
     total = None
     try:
         for window in windows:
@@ -70,9 +76,15 @@ class Proposal:
     evaluated: int
 
 
-def propose_region(similarity: Tensor, parallel_degree: int, similarity_bound: float, max_ppl_rise: float,
-                   ppl_rise_of: Callable[[CQILSpec], float], max_evaluations: int = 6,
-                   min_width: int | None = None) -> Proposal | None:
+def propose_region(
+    similarity: Tensor,
+    parallel_degree: int,
+    similarity_bound: float,
+    max_ppl_rise: float,
+    ppl_rise_of: Callable[[CQILSpec], float],
+    max_evaluations: int = 6,
+    min_width: int | None = None,
+) -> Proposal | None:
     """The widest window (S, E) for P whose every group has pairwise member-input similarity >=
     `similarity_bound` AND whose measured relative perplexity rise (`ppl_rise_of`) is <= `max_ppl_rise`.
 

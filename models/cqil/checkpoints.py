@@ -3,6 +3,7 @@
 Each returns a `LanguageModel`: the HF causal LM (float32, eval mode) and its tokenizer as plain
 `encode` / `decode` callables, so the task never cares where a checkpoint came from.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,8 +44,12 @@ def _dtype(name: str) -> torch.dtype:
 
 def _wrap_hf(model: nn.Module, tokenizer) -> LanguageModel:
     model.eval()
-    return LanguageModel(model, lambda text: tokenizer(text, add_special_tokens=False).input_ids,
-                         lambda ids: tokenizer.decode(list(ids)), tokenizer.bos_token_id)
+    return LanguageModel(
+        model,
+        lambda text: tokenizer(text, add_special_tokens=False).input_ids,
+        lambda ids: tokenizer.decode(list(ids)),
+        tokenizer.bos_token_id,
+    )
 
 
 def gguf_package_dir(package: str) -> Path:
@@ -85,8 +90,10 @@ def load_hf(name_or_path: str, dtype: str = "float32", local_only: bool = True) 
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=_dtype(dtype), local_files_only=local_only)
     except OSError as exc:
-        raise UserError(f"cannot load HF checkpoint {name_or_path!r} ({str(exc).splitlines()[0]}); "
-                        "pass a local folder or set model.loader.local_only=false with a network") from None
+        raise UserError(
+            f"cannot load HF checkpoint {name_or_path!r} ({str(exc).splitlines()[0]}); "
+            "pass a local folder or set model.loader.local_only=false with a network"
+        ) from None
     return _wrap_hf(model, tokenizer)
 
 

@@ -9,6 +9,7 @@ ranks, a rank owns members j with j mod W == rank (W = P is the paper's case). W
 a rank also recomputes the attention of the earlier members it needs (correct, but slower; the
 authors recommend D = 0 after recovery). Backends: gloo on CPU, NCCL on GPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ class DistributedGroup(nn.Module):
     def __init__(self, members: Sequence[nn.Module], spec: CQILSpec) -> None:
         super().__init__()
         if not (dist.is_available() and dist.is_initialized()):
-            raise UserError("cqil mode=distributed needs torch.distributed initialised "
-                            "(torchrun, or run.py with cqil.mode=distributed cqil.world_size=N)")
+            raise UserError(
+                "cqil mode=distributed needs torch.distributed initialised "
+                "(torchrun, or run.py with cqil.mode=distributed cqil.world_size=N)"
+            )
         self.members = nn.ModuleList(members)
         self.world = dist.get_world_size()
         self.rank = dist.get_rank()
@@ -51,8 +54,9 @@ class DistributedGroup(nn.Module):
         return hidden_states + total
 
 
-def _worker(rank: int, world_size: int, init_file: str, backend: str, threads: int,
-            job: Callable[[int, int], Any], out_file: str) -> None:
+def _worker(
+    rank: int, world_size: int, init_file: str, backend: str, threads: int, job: Callable[[int, int], Any], out_file: str
+) -> None:
     torch.set_num_threads(threads)
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
@@ -72,8 +76,9 @@ def spawn(job: Callable[[int, int], Any], world_size: int = 2, backend: str | No
     backend = backend or ("nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo")
     with tempfile.TemporaryDirectory() as tmp:
         init_file, out_file = str(Path(tmp) / "init"), str(Path(tmp) / "result.pt")
-        torch.multiprocessing.spawn(_worker, args=(world_size, init_file, backend, threads, job, out_file),
-                                    nprocs=world_size, join=True)
+        torch.multiprocessing.spawn(
+            _worker, args=(world_size, init_file, backend, threads, job, out_file), nprocs=world_size, join=True
+        )
         return torch.load(out_file, weights_only=False)
 
 

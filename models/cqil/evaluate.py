@@ -4,6 +4,7 @@ Latency follows the paper's protocol adapted to CPU (Sec. 5.3): warm-up runs, th
 timed runs, median; prefill = one forward over the prompt, decode = per-token time of single-token
 forwards with the KV cache after that prefill.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 1) -> float:
     """exp(mean next-token NLL) over every predicted position of every window."""
     total, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
-        batch = windows[i: i + batch_size]
+        batch = windows[i : i + batch_size]
         logits = model(batch, use_cache=False).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
         total += float(nll)
@@ -34,9 +35,15 @@ def greedy_tokens(model: nn.Module, prompts: Sequence[Tensor], new_tokens: int) 
     out = []
     for prompt in prompts:
         ids = prompt.view(1, -1)
-        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        out.append(generated[0, ids.size(1):].tolist())
+        generated = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        out.append(generated[0, ids.size(1) :].tolist())
     return out
 
 
@@ -66,8 +73,9 @@ def time_prefill_decode(model: nn.Module, prompt: Tensor, decode_steps: int, rep
 
 
 @torch.no_grad()
-def time_variants(model: nn.Module, variants: dict[str, nn.ModuleList], prompt: Tensor, decode_steps: int,
-                  repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+def time_variants(
+    model: nn.Module, variants: dict[str, nn.ModuleList], prompt: Tensor, decode_steps: int, repeats: int, warmup: int
+) -> dict[str, dict[str, float]]:
     """Latency of several layer lists of one model (original, CQIL modes), interleaved run by run so a
     busy machine slows every variant alike; medians per variant."""
     from models.cqil.plugin import decoder_of
@@ -82,5 +90,6 @@ def time_variants(model: nn.Module, variants: dict[str, nn.ModuleList], prompt: 
                 runs[name].append(time_prefill_decode(model, prompt, decode_steps, 1, warmup))
     finally:
         decoder.layers = original
-    return {name: {key: statistics.median(r[key] for r in rows) for key in ("prefill_s", "decode_s")}
-            for name, rows in runs.items()}
+    return {
+        name: {key: statistics.median(r[key] for r in rows) for key in ("prefill_s", "decode_s")} for name, rows in runs.items()
+    }

@@ -7,6 +7,7 @@ and gate/up are batched matmuls over members (their inputs differ); the down pro
 members are one matmul whose output is already the group's MLP sum. Same semantics as
 `SequentialGroup` up to float rounding (tested). Weights are copies: train LoRA on `sequential`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -81,8 +82,14 @@ class FusedGroup(nn.Module):
         self.p = len(members)
         self.has_qkv_bias = bool(self.qkv_bias.abs().sum() > 0)
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None,
-                position_embeddings: tuple[Tensor, Tensor] | None = None, past_key_values=None, **kwargs) -> Tensor:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> Tensor:
         h = hidden_states
         bsz, seq, _ = h.shape
         p, d = self.p, self.head_dim
@@ -91,8 +98,8 @@ class FusedGroup(nn.Module):
             qkv = qkv + self.qkv_bias
         qkv = qkv.view(bsz, seq, p, (self.n_heads + 2 * self.n_kv), d)
         q = qkv[..., : self.n_heads, :]
-        k = qkv[..., self.n_heads: self.n_heads + self.n_kv, :]
-        v = qkv[..., self.n_heads + self.n_kv:, :]
+        k = qkv[..., self.n_heads : self.n_heads + self.n_kv, :]
+        v = qkv[..., self.n_heads + self.n_kv :, :]
         # (B, T, P, heads, d) -> (B, P*heads, T, d), member-major
         q = q.reshape(bsz, seq, p * self.n_heads, d).transpose(1, 2)
         k = k.reshape(bsz, seq, p * self.n_kv, d).transpose(1, 2)
@@ -114,7 +121,7 @@ class FusedGroup(nn.Module):
         flat = h.reshape(1, bsz * seq, -1)
         if self.distance:
             cum = torch.cumsum(attn, 0)
-            lo = (torch.arange(p, device=h.device) - self.distance - 1)
+            lo = torch.arange(p, device=h.device) - self.distance - 1
             before = torch.where((lo >= 0)[:, None, None], cum[lo.clamp(min=0)], torch.zeros_like(cum[:1]))
             bypass = torch.cat([torch.zeros_like(attn[:1]), cum[:-1]]) - before
         else:

@@ -8,6 +8,7 @@ llama2.c rotates interleaved pairs (Meta layout); HF LLaMA rotates halves, so wq
 permuted per head as in transformers' `convert_llama_weights_to_hf.py`.
 The tokenizer file: int32 max token length, then per token float32 score, int32 length, bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,11 +61,21 @@ def read_llama2c(path: str | Path) -> tuple[Llama2cHeader, dict[str, Tensor]]:
     data = np.frombuffer(raw, dtype=np.float32, offset=HEADER.size)
     head = h.dim // h.n_heads
     kv_dim = h.n_kv_heads * head
-    shapes = [("emb", (h.vocab_size, h.dim)), ("rms_att", (h.n_layers, h.dim)), ("wq", (h.n_layers, h.dim, h.dim)),
-              ("wk", (h.n_layers, kv_dim, h.dim)), ("wv", (h.n_layers, kv_dim, h.dim)), ("wo", (h.n_layers, h.dim, h.dim)),
-              ("rms_ffn", (h.n_layers, h.dim)), ("w1", (h.n_layers, h.hidden_dim, h.dim)),
-              ("w2", (h.n_layers, h.dim, h.hidden_dim)), ("w3", (h.n_layers, h.hidden_dim, h.dim)),
-              ("rms_final", (h.dim,)), ("freq_real", (h.seq_len, head // 2)), ("freq_imag", (h.seq_len, head // 2))]
+    shapes = [
+        ("emb", (h.vocab_size, h.dim)),
+        ("rms_att", (h.n_layers, h.dim)),
+        ("wq", (h.n_layers, h.dim, h.dim)),
+        ("wk", (h.n_layers, kv_dim, h.dim)),
+        ("wv", (h.n_layers, kv_dim, h.dim)),
+        ("wo", (h.n_layers, h.dim, h.dim)),
+        ("rms_ffn", (h.n_layers, h.dim)),
+        ("w1", (h.n_layers, h.hidden_dim, h.dim)),
+        ("w2", (h.n_layers, h.dim, h.hidden_dim)),
+        ("w3", (h.n_layers, h.hidden_dim, h.dim)),
+        ("rms_final", (h.dim,)),
+        ("freq_real", (h.seq_len, head // 2)),
+        ("freq_imag", (h.seq_len, head // 2)),
+    ]
     if not h.shared_classifier:
         shapes.append(("wcls", (h.vocab_size, h.dim)))
     arrays, offset = {}, 0
@@ -72,10 +83,13 @@ def read_llama2c(path: str | Path) -> tuple[Llama2cHeader, dict[str, Tensor]]:
         count = int(np.prod(shape))
         if offset + count > data.size:
             raise UserError(f"{path}: truncated llama2.c checkpoint ({data.size} floats, header needs more)")
-        arrays[name] = torch.from_numpy(data[offset: offset + count].copy()).view(shape)
+        arrays[name] = torch.from_numpy(data[offset : offset + count].copy()).view(shape)
         offset += count
-    sd = {"model.embed_tokens.weight": arrays["emb"], "model.norm.weight": arrays["rms_final"],
-          "lm_head.weight": arrays["emb"] if h.shared_classifier else arrays["wcls"]}
+    sd = {
+        "model.embed_tokens.weight": arrays["emb"],
+        "model.norm.weight": arrays["rms_final"],
+        "lm_head.weight": arrays["emb"] if h.shared_classifier else arrays["wcls"],
+    }
     for i in range(h.n_layers):
         p = f"model.layers.{i}."
         sd[p + "self_attn.q_proj.weight"] = _permute(arrays["wq"][i], h.n_heads)
@@ -93,10 +107,20 @@ def read_llama2c(path: str | Path) -> tuple[Llama2cHeader, dict[str, Tensor]]:
 def hf_config(h: Llama2cHeader):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=h.vocab_size, hidden_size=h.dim, intermediate_size=h.hidden_dim,
-                       num_hidden_layers=h.n_layers, num_attention_heads=h.n_heads, num_key_value_heads=h.n_kv_heads,
-                       max_position_embeddings=h.seq_len, rms_norm_eps=1e-5, rope_theta=10000.0,
-                       tie_word_embeddings=h.shared_classifier, bos_token_id=BOS, eos_token_id=EOS)
+    return LlamaConfig(
+        vocab_size=h.vocab_size,
+        hidden_size=h.dim,
+        intermediate_size=h.hidden_dim,
+        num_hidden_layers=h.n_layers,
+        num_attention_heads=h.n_heads,
+        num_key_value_heads=h.n_kv_heads,
+        max_position_embeddings=h.seq_len,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=h.shared_classifier,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
 
 
 def convert(path: str | Path, out_dir: str | Path) -> Path:
@@ -124,7 +148,7 @@ class Llama2cTokenizer:
         while offset < len(raw):
             score, length = struct.unpack_from("fi", raw, offset)
             offset += 8
-            self.pieces.append(raw[offset: offset + length])
+            self.pieces.append(raw[offset : offset + length])
             self.scores.append(score)
             offset += length
         self.lookup = {p: i for i, p in enumerate(self.pieces)}
@@ -173,4 +197,4 @@ class Llama2cTokenizer:
                     best, best_i, best_id = self.scores[j], i, j
             if best_i < 0:
                 return ids
-            ids[best_i: best_i + 2] = [best_id]
+            ids[best_i : best_i + 2] = [best_id]

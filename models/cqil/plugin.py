@@ -10,6 +10,7 @@ The plugin swaps the decoder's `layers` ModuleList for one in which each group i
 (the HF loop calls it like a layer); each member keeps its own attention `layer_idx`, so the KV
 cache, `generate()` and the causal mask work unchanged. `remove_cqil` puts the original list back.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,8 +44,9 @@ class CQILSpec:
         return f"cqil_p{self.parallel_degree}_s{self.start}_e{self.end}{suffix}"
 
     def groups(self) -> list[list[int]]:
-        return [list(range(i, min(i + self.parallel_degree, self.end)))
-                for i in range(self.start, self.end, self.parallel_degree)]
+        return [
+            list(range(i, min(i + self.parallel_degree, self.end))) for i in range(self.start, self.end, self.parallel_degree)
+        ]
 
     def ideal_latency_ratio(self, num_layers: int) -> float:
         """Layer time on P devices / on one: 1 - (E - S)(1 - 1/P) / L (ragged groups counted exactly)."""
@@ -57,15 +59,19 @@ def decoder_of(model: nn.Module) -> nn.Module:
     for candidate in (getattr(model, "model", None), model):
         if candidate is not None and isinstance(getattr(candidate, "layers", None), nn.ModuleList):
             return candidate
-    raise UserError(f"unsupported architecture {type(model).__name__}: CQIL needs a decoder with a "
-                    "`model.layers` ModuleList (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM)")
+    raise UserError(
+        f"unsupported architecture {type(model).__name__}: CQIL needs a decoder with a "
+        "`model.layers` ModuleList (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM)"
+    )
 
 
 def check_layer(layer: nn.Module) -> None:
     missing = [part for part in _LAYER_PARTS if not hasattr(layer, part)]
     if missing:
-        raise UserError(f"unsupported decoder layer {type(layer).__name__}: it lacks {missing} "
-                        "(CQIL supports LLaMA-style layers: pre-norm attention + MLP with residuals)")
+        raise UserError(
+            f"unsupported decoder layer {type(layer).__name__}: it lacks {missing} "
+            "(CQIL supports LLaMA-style layers: pre-norm attention + MLP with residuals)"
+        )
 
 
 def validate_spec(spec: CQILSpec, num_layers: int) -> None:
@@ -78,8 +84,10 @@ def validate_spec(spec: CQILSpec, num_layers: int) -> None:
     if spec.bypass_distance < 0:
         raise UserError(f"cqil bypass_distance={spec.bypass_distance}: must be >= 0")
     if (spec.end - spec.start) % spec.parallel_degree and not spec.allow_ragged:
-        raise UserError(f"cqil: E - S = {spec.end - spec.start} is not a multiple of P = {spec.parallel_degree}; "
-                        "choose another window or set allow_ragged=true (the last group is then smaller)")
+        raise UserError(
+            f"cqil: E - S = {spec.end - spec.start} is not a multiple of P = {spec.parallel_degree}; "
+            "choose another window or set allow_ragged=true (the last group is then smaller)"
+        )
 
 
 def layer_output(layer: nn.Module, hidden: Tensor, *args, **kwargs) -> Tensor:
@@ -94,8 +102,9 @@ def attention_output(layer: nn.Module, hidden: Tensor, kwargs: dict) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def member_deltas(members: Sequence[nn.Module], hidden: Tensor, kwargs: dict, distance: int,
-                  residual: bool, owned: Sequence[int] | None = None) -> list[Tensor]:
+def member_deltas(
+    members: Sequence[nn.Module], hidden: Tensor, kwargs: dict, distance: int, residual: bool, owned: Sequence[int] | None = None
+) -> list[Tensor]:
     """Layer_j(h) - h for each member j in `owned` (all by default), with bypass distance `distance`.
 
     With bypass, member j needs the attention outputs of members j-D..j-1; a rank in distributed
@@ -145,8 +154,16 @@ def _group_factory(mode: str):
     raise UserError(f"cqil mode={mode!r}: choose one of {MODES}")
 
 
-def apply_cqil(model: nn.Module, start: int, end: int, parallel_degree: int, bypass_distance: int = 0,
-               mode: str = "sequential", bypass_residual: bool = True, allow_ragged: bool = False) -> CQILSpec:
+def apply_cqil(
+    model: nn.Module,
+    start: int,
+    end: int,
+    parallel_degree: int,
+    bypass_distance: int = 0,
+    mode: str = "sequential",
+    bypass_residual: bool = True,
+    allow_ragged: bool = False,
+) -> CQILSpec:
     """Turn `model` into its CQIL version in place (undo with `remove_cqil`); returns the spec."""
     decoder = decoder_of(model)
     if hasattr(decoder, "_cqil_original_layers"):
@@ -160,7 +177,7 @@ def apply_cqil(model: nn.Module, start: int, end: int, parallel_degree: int, byp
     new_layers: list[nn.Module] = list(layers[: spec.start])
     for group in spec.groups():
         new_layers.append(make_group([layers[i] for i in group], spec))
-    new_layers.extend(layers[spec.end:])
+    new_layers.extend(layers[spec.end :])
     object.__setattr__(decoder, "_cqil_original_layers", layers)  # not a registered submodule: no duplicate state_dict keys
     object.__setattr__(decoder, "_cqil_spec", spec)
     decoder.layers = nn.ModuleList(new_layers)

@@ -5,6 +5,7 @@ on q, k, v, o, gate, up, down of every layer); the teacher is the same weights w
 and CQIL off; loss KL(teacher || student) on token logits at temperature T (1). Only the adapters
 are trained, and only they go into the Lightning checkpoints (the base weights never change).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,7 @@ def kd_loss(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tenso
     """KL(teacher || student) per token, mean over tokens, times T^2 (Hinton et al.)."""
     s = F.log_softmax(student.float().flatten(0, -2) / temperature, -1)
     t = F.log_softmax(teacher.float().flatten(0, -2) / temperature, -1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
 class KDRecoveryModule(pl.LightningModule):
@@ -105,17 +106,27 @@ def add_lora(model: nn.Module, rank: int, alpha: int) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def recover(model: nn.Module, make_trainer: Callable[[str, int], tuple[Any, str | None]], fit_name: str,
-            windows: Tensor, steps: int, batch_size: int, lr: float, rank: int, alpha: int,
-            temperature: float = 1.0) -> tuple[nn.Module, KDRecoveryModule]:
+def recover(
+    model: nn.Module,
+    make_trainer: Callable[[str, int], tuple[Any, str | None]],
+    fit_name: str,
+    windows: Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    rank: int,
+    alpha: int,
+    temperature: float = 1.0,
+) -> tuple[nn.Module, KDRecoveryModule]:
     """Train LoRA adapters on `model` (CQIL / removal already applied) for `steps` steps; returns the
     peft model (call `.unload()` to get the plain model back) and the module (step times)."""
     for p in model.parameters():
         p.requires_grad_(False)
     peft_model = add_lora(model, rank, alpha)
     module = KDRecoveryModule(peft_model, lr, temperature)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(windows), batch_size=batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(windows), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     trainer, ckpt = make_trainer(fit_name, steps)
     peft_model.train()
     trainer.fit(module, loader, ckpt_path=ckpt)
@@ -126,17 +137,28 @@ def recover(model: nn.Module, make_trainer: Callable[[str, int], tuple[Any, str 
 Setting = tuple[str, Callable[[nn.Module], Any], Callable[[nn.Module], Any], dict]
 
 
-def recovery_settings(specs: list[CQILSpec], removal: bool, similarity: Tensor,
-                      saved: Callable[[CQILSpec], int]) -> list[Setting]:
+def recovery_settings(
+    specs: list[CQILSpec], removal: bool, similarity: Tensor, saved: Callable[[CQILSpec], int]
+) -> list[Setting]:
     """(name, apply, undo, factors) for each CQIL setting and, when `removal`, its equal-latency removal."""
     out = []
     for spec in specs:
-        out.append((f"{spec.name}_lora",
-                    lambda m, s=spec: apply_cqil(m, s.start, s.end, s.parallel_degree, s.bypass_distance),
-                    remove_cqil, {"kind": "cqil_lora", "p": spec.parallel_degree, "s": spec.start, "e": spec.end,
-                                  "d": spec.bypass_distance}))
+        out.append(
+            (
+                f"{spec.name}_lora",
+                lambda m, s=spec: apply_cqil(m, s.start, s.end, s.parallel_degree, s.bypass_distance),
+                remove_cqil,
+                {"kind": "cqil_lora", "p": spec.parallel_degree, "s": spec.start, "e": spec.end, "d": spec.bypass_distance},
+            )
+        )
         if removal:
             k = saved(spec)
-            out.append((f"removed_{k}_lora", lambda m, k=k: remove_layers(m, layers_to_remove(similarity, k)),
-                        restore_layers, {"kind": "removed_lora", "removed": k}))
+            out.append(
+                (
+                    f"removed_{k}_lora",
+                    lambda m, k=k: remove_layers(m, layers_to_remove(similarity, k)),
+                    restore_layers,
+                    {"kind": "removed_lora", "removed": k},
+                )
+            )
     return out

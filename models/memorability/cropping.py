@@ -11,6 +11,7 @@ The paper publishes neither crop ratios nor smoothing; the defaults in conf/crop
 Boxes are integer (x, y, w, h) in frame pixels with w/h equal to the frame's aspect (up to one pixel
 of rounding) and always inside the frame.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -38,7 +39,9 @@ def centroids(maps: np.ndarray) -> np.ndarray:
     return np.stack([(maps.sum(axis=1) * xs).sum(axis=1) / total, (maps.sum(axis=2) * ys).sum(axis=1) / total], axis=1)
 
 
-def smooth(series: np.ndarray, method: str = "ema", ema: float = 0.2, window: int = 9, max_step: float | None = None) -> np.ndarray:
+def smooth(
+    series: np.ndarray, method: str = "ema", ema: float = 0.2, window: int = 9, max_step: float | None = None
+) -> np.ndarray:
     """Temporal smoothing of a (T, k) series: EMA (weight `ema` on the new value) or a centred moving
     average of `window` frames (edges padded with the end values); then each step is clipped to
     `max_step` so the bound holds whatever the input does."""
@@ -113,8 +116,9 @@ class DynamicPositionCropper(Cropper):
 
     name = "dynamic_position"
 
-    def __init__(self, alpha: float = 0.75, smoothing: str = "ema", ema: float = 0.2, window: int = 9,
-                 max_step: float | None = 0.02) -> None:
+    def __init__(
+        self, alpha: float = 0.75, smoothing: str = "ema", ema: float = 0.2, window: int = 9, max_step: float | None = 0.02
+    ) -> None:
         super().__init__(alpha)
         self.smoothing, self.ema, self.window, self.max_step = smoothing, float(ema), int(window), max_step
         smooth(np.zeros((2, 2)), smoothing, self.ema, self.window, max_step)  # validate the options now
@@ -131,9 +135,18 @@ class DynamicSizeCropper(DynamicPositionCropper):
 
     name = "dynamic_size"
 
-    def __init__(self, alpha: float = 0.75, mass: float = 0.6, min_alpha: float = 0.4, scales: int = 25,
-                 smoothing: str = "ema", ema: float = 0.2, window: int = 9, max_step: float | None = 0.02,
-                 max_scale_step: float | None = 0.02) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.75,
+        mass: float = 0.6,
+        min_alpha: float = 0.4,
+        scales: int = 25,
+        smoothing: str = "ema",
+        ema: float = 0.2,
+        window: int = 9,
+        max_step: float | None = 0.02,
+        max_scale_step: float | None = 0.02,
+    ) -> None:
         super().__init__(alpha, smoothing, ema, window, max_step)
         if not 0.0 < mass <= 1.0:
             raise UserError(f"cropping.mass={mass} must be in (0, 1]: the share of saliency the box covers")
@@ -165,7 +178,7 @@ def apply_crop(frame: np.ndarray, box: np.ndarray | tuple[int, int, int, int], s
     import cv2
 
     x, y, w, h = (int(v) for v in box)
-    crop = frame[y:y + h, x:x + w]
+    crop = frame[y : y + h, x : x + w]
     if size is not None and (crop.shape[1], crop.shape[0]) != tuple(size):
         crop = cv2.resize(crop, tuple(size), interpolation=cv2.INTER_LINEAR)  # scale factors stay near 1
     return np.ascontiguousarray(crop)

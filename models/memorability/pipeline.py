@@ -3,6 +3,7 @@
 Pure functions on arrays (no files, no configs): experiments/memorability.py reads the clips and
 writes the results. Timings are wall-clock seconds so the task can report frames/s per crop.
 """
+
 from __future__ import annotations
 
 import time
@@ -63,8 +64,12 @@ def summarize_deltas(initial: np.ndarray, cropped: np.ndarray) -> dict[str, floa
     initial, cropped = np.asarray(initial, float), np.asarray(cropped, float)
     delta = cropped - initial
     low, high = tercile_masks(initial)
-    return {"score_mean": float(cropped.mean()), "delta_mean": float(delta.mean()),
-            "delta_low_third_mean": float(delta[low].mean()), "delta_high_third_mean": float(delta[high].mean())}
+    return {
+        "score_mean": float(cropped.mean()),
+        "delta_mean": float(delta.mean()),
+        "delta_low_third_mean": float(delta[low].mean()),
+        "delta_high_third_mean": float(delta[high].mean()),
+    }
 
 
 def evenly_spaced(count: int, k: int) -> list[int]:

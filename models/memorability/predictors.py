@@ -5,6 +5,7 @@ Memento10k videos are not offline, so frames are scored by ResMem (an image memo
 published weights) and the trained regressors are fit on caption features, where ground truth exists.
 A video's score is the mean of its sampled frames' scores.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -46,7 +47,9 @@ class ResMemPredictor(MemorabilityPredictor):
 
     name = "resmem"
 
-    def __init__(self, checkpoint: str | None = None, batch_size: int = 8, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, checkpoint: str | None = None, batch_size: int = 8, device: str = "cpu", threads: int | None = None
+    ) -> None:
         from models.memorability.resmem import load_resmem
 
         if threads:
@@ -62,7 +65,7 @@ class ResMemPredictor(MemorabilityPredictor):
         out = []
         with torch.inference_mode():
             for start in range(0, len(frames), self.batch_size):
-                batch = preprocess(list(frames[start:start + self.batch_size])).to(self.device)
+                batch = preprocess(list(frames[start : start + self.batch_size])).to(self.device)
                 out.append((self.model.embed(batch) if embed else self.model(batch)[:, 0]).cpu().numpy())
         return np.concatenate(out)
 

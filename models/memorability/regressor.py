@@ -7,6 +7,7 @@ bias, the MLP adds what is non-linear, and caption-subset augmentation (data/cap
 regularises it. Targets are standardised inside the module (`target_mean`, `target_std` are saved
 with the checkpoint) so the loss scale does not depend on the data set's score range.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -16,8 +17,17 @@ from torchmetrics.regression import SpearmanCorrCoef
 
 
 class MemorabilityRegressor(L.LightningModule):
-    def __init__(self, in_features: int = 384, hidden: int = 256, dropout: float = 0.3, input_dropout: float = 0.1,
-                 lr: float = 1e-3, weight_decay: float = 1e-2, target_mean: float = 0.0, target_std: float = 1.0) -> None:
+    def __init__(
+        self,
+        in_features: int = 384,
+        hidden: int = 256,
+        dropout: float = 0.3,
+        input_dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.input_dropout = nn.Dropout(input_dropout)

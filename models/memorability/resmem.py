@@ -6,6 +6,7 @@ The modules below carry the same parameter names (`features.layer3.35.conv2.weig
 `fc12`) so `load_state_dict(strict=True)` proves the architecture matches. Preprocessing mirrors the
 package's transform: resize to 256x256, centre crop 227, RGB in [0, 1], no mean/std normalisation.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -118,11 +119,15 @@ def resmem_checkpoint_path() -> Path:
     """The `resmem` package's model.pt, found without importing the package (it imports torchvision)."""
     spec = importlib.util.find_spec("resmem")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("ResMem weights: the `resmem` package is not installed; pip install --no-deps resmem==1.1.6 "
-                        "(or set model.checkpoint to a model.pt)")
+        raise UserError(
+            "ResMem weights: the `resmem` package is not installed; pip install --no-deps resmem==1.1.6 "
+            "(or set model.checkpoint to a model.pt)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "model.pt"
     if not path.is_file():
-        raise UserError(f"ResMem weights: {path} is missing; reinstall with pip install --no-deps --force-reinstall resmem==1.1.6")
+        raise UserError(
+            f"ResMem weights: {path} is missing; reinstall with pip install --no-deps --force-reinstall resmem==1.1.6"
+        )
     return path
 
 
@@ -134,8 +139,10 @@ def load_resmem(checkpoint: str | Path | None = None) -> ResMem:
     except FileNotFoundError:
         raise UserError(f"model.checkpoint={path}: no such file; pip install --no-deps resmem==1.1.6 ships it") from None
     except Exception as exc:
-        raise UserError(f"model.checkpoint={path}: not a readable torch state dict ({exc.__class__.__name__}); "
-                        "if it is a Git LFS pointer, run git lfs pull") from None
+        raise UserError(
+            f"model.checkpoint={path}: not a readable torch state dict ({exc.__class__.__name__}); "
+            "if it is a Git LFS pointer, run git lfs pull"
+        ) from None
     model = ResMem()
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -150,6 +157,6 @@ def preprocess(frames: list[np.ndarray]) -> Tensor:
         height, width = frame.shape[:2]
         interpolation = cv2.INTER_AREA if min(height, width) > RESIZE else cv2.INTER_LINEAR
         resized = cv2.resize(frame, (RESIZE, RESIZE), interpolation=interpolation)
-        crop = resized[offset:offset + INPUT_SIZE, offset:offset + INPUT_SIZE]
+        crop = resized[offset : offset + INPUT_SIZE, offset : offset + INPUT_SIZE]
         batch.append(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
     return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -6,6 +6,7 @@ OpenCV methods resize internally anyway (spectral residual works at 64x64), so f
 would only cost time. A map without any mass (the first frames of motion saliency, a black frame)
 becomes uniform, so its centroid is the frame centre rather than undefined.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -60,7 +61,9 @@ class SaliencyModel(ABC):
 
 def _saliency_module():
     if not hasattr(cv2, "saliency"):
-        raise UserError("cv2.saliency is missing: install opencv-contrib-python-headless (the plain opencv-python wheel lacks it)")
+        raise UserError(
+            "cv2.saliency is missing: install opencv-contrib-python-headless (the plain opencv-python wheel lacks it)"
+        )
     return cv2.saliency
 
 
@@ -102,8 +105,9 @@ class MotionSaliency(SaliencyModel):
     name = "motion"
     METHODS = ("difference", "binwang")
 
-    def __init__(self, work_width: int = 160, static_mix: float = 0.0, method: str = "difference",
-                 background_rate: float = 0.1) -> None:
+    def __init__(
+        self, work_width: int = 160, static_mix: float = 0.0, method: str = "difference", background_rate: float = 0.1
+    ) -> None:
         super().__init__(work_width)
         if not 0.0 <= static_mix <= 1.0:
             raise UserError(f"saliency.static_mix={static_mix} must be in [0, 1]")
@@ -155,16 +159,22 @@ class DeepGazeIIESaliency(SaliencyModel):
     def __init__(self, work_width: int = 320, device: str = "cpu") -> None:
         super().__init__(work_width)
         if importlib.util.find_spec("deepgaze_pytorch") is None:
-            raise UserError("saliency=deepgaze needs the deepgaze_pytorch package and its weights "
-                            "(pip install git+https://github.com/matthias-k/DeepGaze, with torchvision); "
-                            "use saliency=spectral_residual offline")
+            raise UserError(
+                "saliency=deepgaze needs the deepgaze_pytorch package and its weights "
+                "(pip install git+https://github.com/matthias-k/DeepGaze, with torchvision); "
+                "use saliency=spectral_residual offline"
+            )
         import torch
+
         try:
             import deepgaze_pytorch
+
             self._model = deepgaze_pytorch.DeepGazeIIE(pretrained=True).to(device).eval()
         except Exception as exc:  # torchvision missing, weights not downloadable
-            raise UserError(f"saliency=deepgaze: DeepGaze IIE could not be loaded ({exc.__class__.__name__}: {exc}); "
-                            "use saliency=spectral_residual") from None
+            raise UserError(
+                f"saliency=deepgaze: DeepGaze IIE could not be loaded ({exc.__class__.__name__}: {exc}); "
+                "use saliency=spectral_residual"
+            ) from None
         self._torch, self._device = torch, device
 
     def _compute(self, small: np.ndarray) -> np.ndarray:

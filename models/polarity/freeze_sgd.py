@@ -7,6 +7,7 @@ Reset rules for a violated entry (W * S < 0, strictly):
   flip     -W              mirror the weight back across zero
   posCon   S * eps
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,5 +1,6 @@
 """LightningModule that trains one network or a population of networks and keeps every run's
 validation curve, from which the paper's metrics are computed after the fit."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -24,9 +25,15 @@ class PolarityLitModule(pl.LightningModule):
                  in checkpoints and come back from spawned DDP processes
     """
 
-    def __init__(self, network: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
-                 constraints: Sequence[SignConstraint] = (), run_labels: Sequence[str] = ("run",),
-                 data_index: Sequence[int] | None = None, history_len: int = 100) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        constraints: Sequence[SignConstraint] = (),
+        run_labels: Sequence[str] = ("run",),
+        data_index: Sequence[int] | None = None,
+        history_len: int = 100,
+    ) -> None:
         super().__init__()
         self.network = network
         self.optimizer_factory = optimizer

@@ -4,6 +4,7 @@
 run of an XOR experiment trains in one pass: with a loss that sums the runs' own mean losses, each
 run's gradient is exactly its own, and Adam (element-wise) keeps the runs independent.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,15 @@ class PopulationMLP(nn.Module):
 
     population = True  # tells the task to train all runs of a job in this one module
 
-    def __init__(self, num_runs: int = 1, in_features: int = 5, hidden: int = 64, out_features: int = 1,
-                 kernel_std: float = 0.25, init_seeds: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        num_runs: int = 1,
+        in_features: int = 5,
+        hidden: int = 64,
+        out_features: int = 1,
+        kernel_std: float = 0.25,
+        init_seeds: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if hidden < 1 or num_runs < 1:
             raise UserError(f"model.network.hidden={hidden} and num_runs={num_runs} must be >= 1")
@@ -69,8 +77,14 @@ class PopulationMLP(nn.Module):
 class SmallCNN(nn.Module):
     """conv(3x3)-ReLU-maxpool blocks, then fc-ReLU and a class head (PyTorch default init)."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
-                 channels: Sequence[int] = (16, 32), hidden: int = 128) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        channels: Sequence[int] = (16, 32),
+        hidden: int = 128,
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         size, previous = image_size, in_channels
@@ -100,25 +114,43 @@ class AlexNetPaper(nn.Module):
 
     MIN_SIZE = 67  # smallest input whose last pooling stage still has one pixel
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 227,
-                 width_mult: float = 1.0, dropout: float = 0.5) -> None:
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 10, image_size: int = 227, width_mult: float = 1.0, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         size = _conv_out(_conv_out(_conv_out(_conv_out(image_size, 11, 4), 3, 2), 3, 2), 3, 2)
         if size < 1:
-            raise UserError(f"AlexNetPaper needs images of at least {self.MIN_SIZE} px, got {image_size}: "
-                            "set dataset.resize=227 (the paper's)")
+            raise UserError(
+                f"AlexNetPaper needs images of at least {self.MIN_SIZE} px, got {image_size}: "
+                "set dataset.resize=227 (the paper's)"
+            )
         c = [max(1, round(w * width_mult)) for w in (96, 256, 384, 384, 256)]
         fc = max(1, round(4096 * width_mult))
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c[0], 11, stride=4), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(c[0], c[1], 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(in_channels, c[0], 11, stride=4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(c[0], c[1], 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(c[1], c[2], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[2], c[3], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[3], c[4], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(c[4] * size * size, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(fc, 1000), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(c[4] * size * size, fc),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc, fc),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc, 1000),
+            nn.ReLU(inplace=True),
         )
         self.head = nn.Linear(1000, num_classes)
         self._keras_init_()
@@ -147,24 +179,42 @@ class AlexNetTorchvision(nn.Module):
 
     MIN_SIZE = 63
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 227,
-                 width_mult: float = 1.0, dropout: float = 0.5) -> None:
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 10, image_size: int = 227, width_mult: float = 1.0, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         if image_size < self.MIN_SIZE:
-            raise UserError(f"AlexNetTorchvision needs images of at least {self.MIN_SIZE} px, got {image_size}: set dataset.resize=227 (the paper's)")
+            raise UserError(
+                f"AlexNetTorchvision needs images of at least {self.MIN_SIZE} px, got {image_size}: set dataset.resize=227 (the paper's)"
+            )
         c = [max(1, round(w * width_mult)) for w in (64, 192, 384, 256, 256)]
         fc = max(1, round(4096 * width_mult))
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c[0], 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(c[0], c[1], 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(in_channels, c[0], 11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(c[0], c[1], 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(c[1], c[2], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[2], c[3], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[3], c[4], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
         )
         self.pool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(c[4] * 36, fc), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Linear(fc, 1000), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c[4] * 36, fc),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc, fc),
+            nn.ReLU(inplace=True),
+            nn.Linear(fc, 1000),
+            nn.ReLU(inplace=True),
         )
         self.head = nn.Linear(1000, num_classes)
 

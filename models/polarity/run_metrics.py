@@ -1,4 +1,5 @@
 """The paper's per-run metrics, computed from validation curves (Sec. 3, "Metrics")."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,15 @@ def run_metrics(val_loss: np.ndarray, val_acc: np.ndarray, cutoff: float, max_ep
     loss, acc = val_loss[done], val_acc[done]
     if loss.size == 0:
         nan = math.nan
-        return {"val_error": nan, "best_epoch": nan, "epochs_to_cutoff": nan, "epochs_to_cutoff_reached": nan,
-                "reached_cutoff": 0.0, "best_val_acc": nan, "final_val_error": nan}
+        return {
+            "val_error": nan,
+            "best_epoch": nan,
+            "epochs_to_cutoff": nan,
+            "epochs_to_cutoff_reached": nan,
+            "reached_cutoff": 0.0,
+            "best_val_acc": nan,
+            "final_val_error": nan,
+        }
     best = int(np.argmin(loss))  # argmin returns the first of tied minima
     reached = np.nonzero(acc > cutoff)[0]
     first = float(reached[0] + 1) if reached.size else math.nan

@@ -4,6 +4,7 @@ Only weight matrices and kernels (parameters named ``*weight`` with two or more 
 template; biases and normalisation scales stay free. ``0`` in a template means "unconstrained": the
 projection can never fire there, which is how fluid runs share one population tensor with frozen ones.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping

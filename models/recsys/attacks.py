@@ -8,6 +8,7 @@ width: `n_filler` filler items plus the targets, which are rated the maximum R (
 Ratings are rounded to the grid and clipped to [1, R]. Model-based attacks (gradient, Co-Attack,
 GCoAttack) live in surrogate_attacks.py and share this interface.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ def check_attack_args(train: Tensor, targets: Tensor, n_fake: int, n_filler: int
         raise ValueError(f"n_filler={n_filler} must be in [1, {n_items - len(targets)}]")
 
 
-def sample_fillers(n_fake: int, n_items: int, n_filler: int, excluded: Tensor, generator: torch.Generator,
-                   weights: Tensor | None = None) -> Tensor:
+def sample_fillers(
+    n_fake: int, n_items: int, n_filler: int, excluded: Tensor, generator: torch.Generator, weights: Tensor | None = None
+) -> Tensor:
     """[n_fake, n_filler] distinct filler items per fake user, never an item in `excluded`."""
     w = torch.ones(n_items) if weights is None else weights.clone().float()
     w[excluded] = 0
@@ -56,8 +58,9 @@ class HeuristicAttack:
     def filler_ratings(self, train: Tensor, fillers: Tensor, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
-    def generate(self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float,
-                 generator: torch.Generator) -> Tensor:
+    def generate(
+        self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float, generator: torch.Generator
+    ) -> Tensor:
         check_attack_args(train, targets, n_fake, n_filler)
         fake = torch.zeros(n_fake, train.shape[1])
         fillers = sample_fillers(n_fake, train.shape[1], n_filler, targets, generator)
@@ -86,8 +89,9 @@ class BandwagonAttack(RandomAttack):
 
     n_selected: int = 10
 
-    def generate(self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float,
-                 generator: torch.Generator) -> Tensor:
+    def generate(
+        self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float, generator: torch.Generator
+    ) -> Tensor:
         check_attack_args(train, targets, n_fake, n_filler)
         popularity = (train > 0).sum(0).float()
         popularity[targets] = -1
@@ -108,6 +112,7 @@ class NoAttack:
 
     injects: ClassVar[bool] = False
 
-    def generate(self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float,
-                 generator: torch.Generator) -> Tensor:
+    def generate(
+        self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float, generator: torch.Generator
+    ) -> Tensor:
         return torch.zeros(0, train.shape[1])

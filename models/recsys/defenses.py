@@ -4,6 +4,7 @@ Each defence maps (model, batch, epoch) to a loss; the model only needs ``embed 
 (see networks.py), so every defence works with every base model. TCD changes *what* a model trains on,
 not its loss: it is :class:`TripleCooperative`, which the training loop recognises by ``n_models = 3``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,6 +9,7 @@
 - Leave-one-out HR@K: the held-out item ranked against its 99 sampled negatives.
 Ranks count items scoring strictly higher, so ties favour the item (as `argsort` would at random).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from torch import Tensor
 def target_ranks(scores: Tensor, rated: Tensor, targets: Tensor) -> Tensor:
     """[n_users, n_targets] rank (0 = best) of each target among the user's unrated items; -1 if rated."""
     masked = scores.masked_fill(rated, float("-inf"))
-    target_scores = masked[:, targets]                                  # [U, T]
+    target_scores = masked[:, targets]  # [U, T]
     ranks = (masked.unsqueeze(1) > target_scores.unsqueeze(2)).sum(-1)  # [U, T]
     return ranks.masked_fill(rated[:, targets], -1)
 

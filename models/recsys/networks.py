@@ -8,6 +8,7 @@ are model-agnostic:
 - ``full_scores(users=None) -> [n_users, n_items]`` every cell at once (pseudo-labels, metrics).
 Embeddings are looked up with ``sparse=True`` so the TF1-style optimiser updates only a batch's rows.
 """
+
 from __future__ import annotations
 
 import torch
@@ -87,10 +88,17 @@ class NeuMF(nn.Module):
     """NeuMF (He et al., WWW 2017) for rating regression: a GMF path p*q and an MLP on [p', q'], fused by a
     linear output. The second base model, to show TCD is model-agnostic (the issue asks for one)."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 32, hidden: tuple[int, ...] = (64, 32),
-                 reg: float = 1e-4, sparse: bool = False) -> None:
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 32,
+        hidden: tuple[int, ...] = (64, 32),
+        reg: float = 1e-4,
+        sparse: bool = False,
+    ) -> None:
         super().__init__()
-        self.sparse = sparse                      # dense gradients by default, so Adam applies
+        self.sparse = sparse  # dense gradients by default, so Adam applies
         self.user, self.item = xavier_table(n_users, dim), xavier_table(n_items, dim)
         self.user_mlp, self.item_mlp = xavier_table(n_users, dim), xavier_table(n_items, dim)
         layers, width = [], 2 * dim
@@ -106,8 +114,10 @@ class NeuMF(nn.Module):
         return self.user.shape[0]
 
     def embed(self, users: Tensor, items: Tensor) -> tuple[Tensor, ...]:
-        return tuple(F.embedding(idx, table, sparse=self.sparse) for idx, table in
-                     ((users, self.user), (items, self.item), (users, self.user_mlp), (items, self.item_mlp)))
+        return tuple(
+            F.embedding(idx, table, sparse=self.sparse)
+            for idx, table in ((users, self.user), (items, self.item), (users, self.user_mlp), (items, self.item_mlp))
+        )
 
     def score(self, p: Tensor, q: Tensor, pm: Tensor, qm: Tensor) -> Tensor:
         return self.out(torch.cat([p * q, self.mlp(torch.cat([pm, qm], -1))], -1)).squeeze(-1)
@@ -124,7 +134,7 @@ class NeuMF(nn.Module):
         n_items = self.item.shape[0]
         rows = []
         for start in range(0, len(users), chunk):
-            u = users[start:start + chunk]
+            u = users[start : start + chunk]
             uu = u.repeat_interleave(n_items)
             ii = torch.arange(n_items).repeat(len(u))
             rows.append(self.score(self.user[uu], self.item[ii], self.user_mlp[uu], self.item_mlp[ii]).view(len(u), n_items))

@@ -7,6 +7,7 @@ row at every step, which gives ~10x larger first steps at lr 20 and a different 
 reproduces TF1: sparse gradients (``F.embedding(..., sparse=True)``) update only their rows; dense
 gradients update the whole tensor (TF1's dense rule).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -39,7 +40,7 @@ class TF1Adadelta(torch.optim.Optimizer):
                 accum, accum_update = state["accum"], state["accum_update"]
                 grad = p.grad
                 if grad.is_sparse:
-                    grad = grad.coalesce()                      # duplicate rows summed, as TF does
+                    grad = grad.coalesce()  # duplicate rows summed, as TF does
                     self._apply_rows(p, grad.indices()[0], grad.values(), group)
                 else:
                     accum.mul_(rho).addcmul_(grad, grad, value=1 - rho)

@@ -18,6 +18,7 @@ attack loss is over real users only, so their embeddings stay at their random in
 reference): the attack shapes the *item* space so that random users rank the right fillers highly.
 In GCoAttack the fake rows do train, on the pseudo-labels of TCD's first half.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,16 +77,28 @@ class CoAttack:
         model = MatrixFactorization(n_users, n_items, self.dim, self.reg, link="sigmoid")
         return [model], [torch.optim.Adagrad(model.parameters(), lr=self.lr, initial_accumulator_value=0.1)], NoDefense()
 
-    def generate(self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float,
-                 generator: torch.Generator) -> Tensor:
+    def generate(
+        self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float, generator: torch.Generator
+    ) -> Tensor:
         check_attack_args(train, targets, n_fake, n_filler)
         n_real, n_items = train.shape
         models, optimizers, defense = self.surrogate(n_real + n_fake, n_items)
         rated = torch.cat([train > 0, torch.zeros(n_fake, n_items, dtype=torch.bool)])
         extra = lambda m: self.weight * attack_hinge(m, n_real, targets, self.top_k, self.kappa)  # noqa: E731
-        fit(models, optimizers, real_samples(train, max_rating), defense, self.epochs, self.batch_size, rated,
-            max_rating, generator, extra_loss=extra, extra_from=max(self.epochs - self.attack_epochs, 0),
-            extra_on_real_only=True)
+        fit(
+            models,
+            optimizers,
+            real_samples(train, max_rating),
+            defense,
+            self.epochs,
+            self.batch_size,
+            rated,
+            max_rating,
+            generator,
+            extra_loss=extra,
+            extra_from=max(self.epochs - self.attack_epochs, 0),
+            extra_on_real_only=True,
+        )
         return read_profiles(models[0], n_real, n_fake, targets, n_filler, max_rating)
 
 
@@ -115,8 +128,9 @@ class GradientAttack(CoAttack):
     attack_epochs: int = 2
     decay: float = 0.9
 
-    def generate(self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float,
-                 generator: torch.Generator) -> Tensor:
+    def generate(
+        self, train: Tensor, targets: Tensor, n_fake: int, n_filler: int, max_rating: float, generator: torch.Generator
+    ) -> Tensor:
         check_attack_args(train, targets, n_fake, n_filler)
         n_real, n_items = train.shape
         weights = torch.ones(n_items)
@@ -126,8 +140,19 @@ class GradientAttack(CoAttack):
             current[-1, targets] = max_rating
             models, optimizers, defense = self.surrogate(n_real + f + 1, n_items)
             extra = lambda m: self.weight * attack_hinge(m, n_real, targets, self.top_k, self.kappa)  # noqa: E731
-            fit(models, optimizers, real_samples(current, max_rating), defense, self.epochs, self.batch_size,
-                current > 0, max_rating, generator, extra_loss=extra, extra_from=max(self.epochs - self.attack_epochs, 0))
+            fit(
+                models,
+                optimizers,
+                real_samples(current, max_rating),
+                defense,
+                self.epochs,
+                self.batch_size,
+                current > 0,
+                max_rating,
+                generator,
+                extra_loss=extra,
+                extra_from=max(self.epochs - self.attack_epochs, 0),
+            )
             with torch.no_grad():
                 scores = models[0].full_scores(torch.tensor([n_real + f]))[0]
             ranked = scores * weights

@@ -12,6 +12,7 @@ Grids (``grid``):
 - ``"rating"``: predictions clipped to the real grid 1..R before rounding, so every pseudo-label is a
   real rating value (the variant the issue asks to offer as a switch).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,12 +25,19 @@ def rounded(pred: Tensor, max_rating: float, grid: str) -> Tensor:
     """Predictions (normalised) on the integer rating grid 0..R (reference) or 1..R (rating)."""
     if grid not in GRIDS:
         raise ValueError(f"grid={grid!r} must be one of {GRIDS}")
-    steps = torch.round(pred * max_rating)               # round half to even, as numpy's np.round
+    steps = torch.round(pred * max_rating)  # round half to even, as numpy's np.round
     return steps.clamp(1, max_rating) if grid == "rating" else steps
 
 
-def pseudo_labels(pred_a: Tensor, pred_b: Tensor, rated: Tensor, max_rating: float, grid: str = "reference",
-                  keep_rate: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def pseudo_labels(
+    pred_a: Tensor,
+    pred_b: Tensor,
+    rated: Tensor,
+    max_rating: float,
+    grid: str = "reference",
+    keep_rate: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(users, items, normalised labels) of the unrated cells where the two rounded predictions agree.
 
     `rated` is the bool [n_users, n_items] training mask; `keep_rate` < 1 keeps a Bernoulli subsample

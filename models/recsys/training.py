@@ -8,6 +8,7 @@ through the run context (``on_epoch_end``), so resume and loggers work as for Li
 `extra_loss(model, epoch)` adds an attack objective (Co-Attack / GCoAttack) from `extra_from` on; with
 `extra_on_real_only` the models then train on the real samples only, as GCoAttack's second half does.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,16 +47,27 @@ class LoopStats:
     pseudo_per_model: list[int] = field(default_factory=list)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, samples: Samples, loss_fn: Callable,
-                    epoch: int, batch_size: int, generator: torch.Generator,
-                    extra_loss: Callable[[nn.Module], Tensor] | None = None) -> float:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    samples: Samples,
+    loss_fn: Callable,
+    epoch: int,
+    batch_size: int,
+    generator: torch.Generator,
+    extra_loss: Callable[[nn.Module], Tensor] | None = None,
+) -> float:
     """One shuffled pass; returns the mean batch loss."""
     order = torch.randperm(len(samples), generator=generator)
     total, batches = 0.0, 0
-    fast = extra_loss is None and getattr(loss_fn, "__func__", None) is NoDefense.loss \
-        and hasattr(model, "row_gradients") and hasattr(optimizer, "step_rows")
+    fast = (
+        extra_loss is None
+        and getattr(loss_fn, "__func__", None) is NoDefense.loss
+        and hasattr(model, "row_gradients")
+        and hasattr(optimizer, "step_rows")
+    )
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         if fast:  # plain MF + TF1 Adadelta: analytic row gradients, no autograd (same maths, tested)
             loss, updates = model.row_gradients(samples.users[idx], samples.items[idx], samples.ratings[idx])
             optimizer.step_rows(updates)
@@ -73,11 +85,23 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, samples:
     return total / max(batches, 1)
 
 
-def fit(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], samples: Samples, defense,
-        epochs: int, batch_size: int, rated: Tensor, max_rating: float, generator: torch.Generator,
-        start_epoch: int = 0, on_epoch_end: Callable[[int, float], None] | None = None,
-        extra_loss: Callable[[nn.Module], Tensor] | None = None, extra_from: int | None = None,
-        extra_on_real_only: bool = False, stats: LoopStats | None = None) -> LoopStats:
+def fit(
+    models: Sequence[nn.Module],
+    optimizers: Sequence[torch.optim.Optimizer],
+    samples: Samples,
+    defense,
+    epochs: int,
+    batch_size: int,
+    rated: Tensor,
+    max_rating: float,
+    generator: torch.Generator,
+    start_epoch: int = 0,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+    extra_loss: Callable[[nn.Module], Tensor] | None = None,
+    extra_from: int | None = None,
+    extra_on_real_only: bool = False,
+    stats: LoopStats | None = None,
+) -> LoopStats:
     """Train `models` (1, or 3 for TCD) for epochs [start_epoch, epochs); model 0 is the one evaluated.
 
     TCD (defense.n_models == 3): before model j trains, models (j+1)%3 and (j+2)%3 label every
@@ -100,8 +124,11 @@ def fit(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]
                 stats.label_seconds += time.perf_counter() - t0
                 stats.pseudo_per_model.append(len(pseudo[0]))
             t0 = time.perf_counter()
-            losses.append(train_one_epoch(model, optimizer, data, defense.loss, epoch, batch_size, generator,
-                                          extra_loss if attacking else None))
+            losses.append(
+                train_one_epoch(
+                    model, optimizer, data, defense.loss, epoch, batch_size, generator, extra_loss if attacking else None
+                )
+            )
             stats.train_seconds += time.perf_counter() - t0
             stats.samples += len(data)
         if on_epoch_end is not None:

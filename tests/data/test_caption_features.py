@@ -1,4 +1,5 @@
 """MiniLM caption features: unit-norm, meaningful neighbours, cached, and the split data the regressor sees."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Conversation readers (COSMIC metadata, MMGCN and SDT feature pickles), batches, text-feature cache."""
+
 from __future__ import annotations
 
 import pickle
@@ -79,7 +80,9 @@ def feature_tuple(layout: str, dims=(4, 3, 2), n_dialogues: int = 10, one_hot: b
         "audio": {k: rng.normal(size=(n, dims[1])) for k, n in lengths.items()},
         "visual": {k: rng.normal(size=(n, dims[2])) for k, n in lengths.items()},
         "sentences": {k: [f"s{j}" for j in range(n)] for k, n in lengths.items()},
-        "train": ids[:8], "test": ids[8:], "_": {},
+        "train": ids[:8],
+        "test": ids[8:],
+        "_": {},
     }
     return tuple(fields[name] for name in FEATURE_LAYOUTS[layout])
 
@@ -90,8 +93,9 @@ def test_feature_pickles_of_each_layout(tmp_path, layout, size):
     data = feature_tuple(layout, one_hot=one_hot)
     assert len(data) == size
     path = write(tmp_path / f"{layout}.pkl", data)
-    corpus = read_feature_pickle(path, layout, IEMOCAP, 3 if one_hot else 2, speaker_names=None if one_hot else ["M", "F"],
-                                 valid_fraction=0.25)
+    corpus = read_feature_pickle(
+        path, layout, IEMOCAP, 3 if one_hot else 2, speaker_names=None if one_hot else ["M", "F"], valid_fraction=0.25
+    )
     assert corpus.modality_dims == {"text": 4, "audio": 3, "visual": 2}
     train, valid, test = ([d.id for d in corpus.splits[s]] for s in ("train", "valid", "test"))
     assert sorted(train + valid) == [f"v{i}" for i in range(8)] and len(valid) == 2 and test == ["v8", "v9"]
@@ -143,8 +147,13 @@ def test_missing_file_and_wrong_cosmic_layout(tmp_path):
     with pytest.raises(UserError, match="expected a COSMIC metadata list"):
         read_cosmic(path, IEMOCAP_FIELDS, IEMOCAP, 2, ["M", "F"])
     with pytest.raises(UserError, match="speaker 'X'"):
-        read_cosmic(write(tmp_path / "spk.pkl", [{"d": ["X"]}, {"d": [0]}, {"d": ["a"]}, ["d"], ["d"], ["d"]]),
-                    IEMOCAP_FIELDS, IEMOCAP, 2, ["M", "F"])
+        read_cosmic(
+            write(tmp_path / "spk.pkl", [{"d": ["X"]}, {"d": [0]}, {"d": ["a"]}, ["d"], ["d"], ["d"]]),
+            IEMOCAP_FIELDS,
+            IEMOCAP,
+            2,
+            ["M", "F"],
+        )
 
 
 # ------------------------------------------------------------------------------------------ batches
@@ -201,7 +210,9 @@ def test_unwritable_cache_falls_back(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_minilm_embeddings_are_normalised_and_meaningful(tmp_path):
-    out = text_features.cached_embeddings(["I am so happy today!", "What a joyful day.", "The invoice is attached."], tmp_path, "probe")
+    out = text_features.cached_embeddings(
+        ["I am so happy today!", "What a joyful day.", "The invoice is attached."], tmp_path, "probe"
+    )
     assert out.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     assert out[0] @ out[1] > out[0] @ out[2]

@@ -2,6 +2,7 @@
 
 Every dataset here is written into ``tmp_path`` in its exact on-disk format; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import gzip

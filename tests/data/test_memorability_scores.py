@@ -1,4 +1,5 @@
 """Memento10k and VideoMem readers: the real files, and small files in the same layouts the tests write."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,18 +36,25 @@ def test_real_videomem_dev_files(data_dir: Path) -> None:
     captions = read_videomem_captions(data_dir / MEMO / "videomem2019_dev-set_video-captions.txt")
     assert len(short) == 8000 and short["video10.webm"] == 0.95 and long["video10000.webm"] == 1.0  # BOM stripped
     assert captions["video10.webm"] == ["couple relaxing on picnic crane shot"]
-    data = load_scored_captions("videomem", data_dir / MEMO / "videomem2019_ground-truth_dev-set.csv",
-                                data_dir / MEMO / "videomem2019_dev-set_video-captions.txt")
+    data = load_scored_captions(
+        "videomem",
+        data_dir / MEMO / "videomem2019_ground-truth_dev-set.csv",
+        data_dir / MEMO / "videomem2019_dev-set_video-captions.txt",
+    )
     assert len(data.video_ids) == len(data.scores) == len(data.captions) >= 7990
 
 
 def test_official_layout_with_multiline_quoted_captions(tmp_path: Path) -> None:
     scores = tmp_path / "dev_scores.csv"
-    scores.write_text("video_id,video_url,annotations_short_term,scores_raw_short_term,scores_normalized_short_term,decay_alpha\n"
-                      "7,u,90,0.9,0.91,0.0\n8,u,80,0.7,0.72,0.0\n9,u,80,0.5,0.52,0.0\n")
+    scores.write_text(
+        "video_id,video_url,annotations_short_term,scores_raw_short_term,scores_normalized_short_term,decay_alpha\n"
+        "7,u,90,0.9,0.91,0.0\n8,u,80,0.7,0.72,0.0\n9,u,80,0.5,0.52,0.0\n"
+    )
     captions = tmp_path / "dev_captions.csv"
-    captions.write_text('video_id,description_0,description_1,description_2,description_3,description_4\n'
-                        '7,"A dog\nruns.",A cat.,,B,C\n8,one,two,three,four,five\n')
+    captions.write_text(
+        "video_id,description_0,description_1,description_2,description_3,description_4\n"
+        '7,"A dog\nruns.",A cat.,,B,C\n8,one,two,three,four,five\n'
+    )
     data = load_scored_captions("memento10k", scores, captions)
     assert data.video_ids == ["7", "8"]  # video 9 has no captions
     assert data.captions[0] == ["A dog runs.", "A cat.", "B", "C"]

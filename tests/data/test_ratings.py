@@ -1,4 +1,5 @@
 """Rating readers: NCF splits, MovieLens u.data, raw FilmTrust scaling, and errors naming file and line."""
+
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,16 @@ def test_ncf_split(tmp_path) -> None:
     assert data.info["targets"] == {"a": [1]}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("0\t1\n", "train.rating:1: expected 3 or 4 columns, found 2"),
-    ("0\t1\t5\n0\tx\t3\n", "train.rating:2: non-numeric"),
-    ("0\t-1\t5\n", "train.rating:1: item id -1"),
-    ("", "train.rating: the file is empty"),
-    ("0\t1\t9\n", "train.rating:1: rating 9"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("0\t1\n", "train.rating:1: expected 3 or 4 columns, found 2"),
+        ("0\t1\t5\n0\tx\t3\n", "train.rating:2: non-numeric"),
+        ("0\t-1\t5\n", "train.rating:1: item id -1"),
+        ("", "train.rating: the file is empty"),
+        ("0\t1\t9\n", "train.rating:1: rating 9"),
+    ],
+)
 def test_bad_rating_files_name_file_and_line(tmp_path, content, message) -> None:
     write_split(tmp_path)
     (tmp_path / "recsys" / "tcd" / "toy.train.rating").write_text(content)
@@ -64,9 +68,9 @@ def test_movielens_udata_leave_one_out(tmp_path) -> None:
     (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
     data = load_movielens_udata(str(tmp_path))
     assert (data.n_users, data.n_items) == (2, 4)
-    assert sorted(zip(data.test[0].tolist(), data.test[1].tolist())) == [(0, 1), (1, 3)]   # latest per user, 0-indexed
+    assert sorted(zip(data.test[0].tolist(), data.test[1].tolist())) == [(0, 1), (1, 3)]  # latest per user, 0-indexed
     assert len(data.train[0]) == 3
-    for u, negatives in zip(data.test[0], data.test_negatives):    # negatives never rated by the user
+    for u, negatives in zip(data.test[0], data.test_negatives):  # negatives never rated by the user
         rated = {i - 1 for uu, i, _, _ in rows if uu - 1 == u}
         assert not set(negatives.tolist()) & rated
     (folder / "u.data").write_text("1\t1\t5\n")

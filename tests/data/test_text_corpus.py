@@ -1,4 +1,5 @@
 """Text corpora readers and token windows (WikiText-2 / TinyStories under the data root, any file by path)."""
+
 from __future__ import annotations
 
 import pytest

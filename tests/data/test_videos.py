@@ -1,5 +1,6 @@
 """Video I/O: written clips re-read with the right frame count and fps; bad files stop with one clear line
 and a failed write leaves nothing behind."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,8 +52,12 @@ def test_missing_empty_non_video_and_truncated_files_are_clear_errors(tmp_path: 
     (tmp_path / "text.mp4").write_text("this is not a video\n" * 50)
     with pytest.raises(UserError, match="not a readable video|no frame could be decoded"):
         read_frames(tmp_path / "text.mp4")
-    good = write_video(tmp_path / "good.avi", [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-                                             for i in range(40)], fps=10, fourcc="MJPG")
+    good = write_video(
+        tmp_path / "good.avi",
+        [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(40)],
+        fps=10,
+        fourcc="MJPG",
+    )
     data = good.read_bytes()
     (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match=r"truncated video: decoded \d+ of the 40 frames"):

@@ -1,4 +1,5 @@
 """XOR-5D generator and its stacked per-seed batches."""
+
 from __future__ import annotations
 
 import pytest

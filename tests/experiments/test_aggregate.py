@@ -1,4 +1,5 @@
 """Specification of experiments.aggregate and experiments.stats on tiny fake Hydra multiruns."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,9 @@ from experiments.aggregate import collect_records, compare, main, summarize
 from experiments.stats import holm, mann_whitney, median_iqr, wilcoxon_paired
 
 
-def make_job(sweep: Path, name: str, overrides: list[str], metrics: dict[str, Any] | None,
-             records: list[dict[str, Any]] | None = None) -> Path:
+def make_job(
+    sweep: Path, name: str, overrides: list[str], metrics: dict[str, Any] | None, records: list[dict[str, Any]] | None = None
+) -> Path:
     """Write one job dir as the runner would; ``metrics=None`` leaves it incomplete."""
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
@@ -40,8 +42,12 @@ def lr_sweep(tmp_path: Path) -> Path:
     i = 0
     for lr, f1s in [(0.01, [0.5, 0.7, 0.6]), (0.1, [0.9, 0.8, 0.85])]:
         for seed, f1 in enumerate(f1s):
-            make_job(sweep, str(i), [f"model.lr={lr}", f"seed={seed}", "hydra.job.chdir=true"],
-                     {"test/weighted_f1": f1, "test/loss": 1 - f1})
+            make_job(
+                sweep,
+                str(i),
+                [f"model.lr={lr}", f"seed={seed}", "hydra.job.chdir=true"],
+                {"test/weighted_f1": f1, "test/loss": 1 - f1},
+            )
             i += 1
     make_job(sweep, str(i), ["model.lr=0.5", "seed=0"], None)
     return sweep
@@ -54,10 +60,24 @@ def condition_sweep(tmp_path: Path) -> Path:
     for i, n_train in enumerate([10, 60, 500]):
         records = []
         for seed in range(6):
-            records.append({"condition": "freeze_informed", "seed": seed, "val_error": 0.1 + 0.01 * seed,
-                            "epochs_to_cutoff": None if seed == 0 else 10.0 + seed, "reached_cutoff": 1.0})
-            records.append({"condition": "baseline", "seed": seed, "val_error": 0.5 + 0.01 * seed,
-                            "epochs_to_cutoff": 30.0 + seed, "reached_cutoff": 1.0})
+            records.append(
+                {
+                    "condition": "freeze_informed",
+                    "seed": seed,
+                    "val_error": 0.1 + 0.01 * seed,
+                    "epochs_to_cutoff": None if seed == 0 else 10.0 + seed,
+                    "reached_cutoff": 1.0,
+                }
+            )
+            records.append(
+                {
+                    "condition": "baseline",
+                    "seed": seed,
+                    "val_error": 0.5 + 0.01 * seed,
+                    "epochs_to_cutoff": 30.0 + seed,
+                    "reached_cutoff": 1.0,
+                }
+            )
         make_job(sweep, f"nested/{i}", [f"dataset.n_train={n_train}"], {"mean/val_error": 0.3}, records)
     return sweep
 
@@ -108,7 +128,8 @@ def test_grouping_pools_seeds_but_separates_other_overrides(lr_sweep: Path) -> N
     low = rows[0]
     assert (low["n"], low["runs"]) == (3, 3)
     assert (low["median"], low["q25"], low["q75"]) == pytest.approx(
-        (np.median([0.5, 0.7, 0.6]), np.percentile([0.5, 0.7, 0.6], 25), np.percentile([0.5, 0.7, 0.6], 75)))
+        (np.median([0.5, 0.7, 0.6]), np.percentile([0.5, 0.7, 0.6], 25), np.percentile([0.5, 0.7, 0.6], 75))
+    )
 
 
 def test_records_jsonl_gives_one_row_per_condition_and_ignores_null(condition_sweep: Path) -> None:
@@ -149,8 +170,21 @@ def test_compare_separated_conditions_holm_adjusted_within_each_group(condition_
 
 def test_cli_writes_markdown_csv_and_line_plot(condition_sweep: Path, capsys: pytest.CaptureFixture) -> None:
     out = condition_sweep / "out"
-    code = main([str(condition_sweep), "--x", "dataset.n_train", "--compare", "freeze_informed:baseline",
-                 "--metric", "val_error", "--metric", "epochs_to_cutoff", "--out", str(out)])
+    code = main(
+        [
+            str(condition_sweep),
+            "--x",
+            "dataset.n_train",
+            "--compare",
+            "freeze_informed:baseline",
+            "--metric",
+            "val_error",
+            "--metric",
+            "epochs_to_cutoff",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     markdown = (out / "summary.md").read_text()
     assert "freeze_informed" in markdown and "baseline" in markdown
@@ -174,16 +208,20 @@ def test_cli_bar_plot_default_out_and_incomplete_note(lr_sweep: Path, capsys: py
     assert "| 0.01 | 0.6 [0.55, 0.65] |" in stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{missing}"], "does not exist"),
-    (["{empty}"], "no completed jobs"),
-    (["{sweep}", "--metric", "nope"], "known metrics: test/weighted_f1, test/loss"),
-    (["{sweep}", "--x", "dataset.n_train"], "known keys: model.lr"),
-    (["{sweep}", "--compare", "a:b"], "no condition 'a'"),
-    (["{sweep}", "--compare", "ab"], "is not A:B"),
-])
-def test_cli_errors_return_2_with_message(lr_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                          args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}"], "does not exist"),
+        (["{empty}"], "no completed jobs"),
+        (["{sweep}", "--metric", "nope"], "known metrics: test/weighted_f1, test/loss"),
+        (["{sweep}", "--x", "dataset.n_train"], "known keys: model.lr"),
+        (["{sweep}", "--compare", "a:b"], "no condition 'a'"),
+        (["{sweep}", "--compare", "ab"], "is not A:B"),
+    ],
+)
+def test_cli_errors_return_2_with_message(
+    lr_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
     (tmp_path / "empty").mkdir()
     paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "sweep": lr_sweep}
     assert main([a.format(**paths) for a in args]) == 2

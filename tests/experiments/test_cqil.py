@@ -1,4 +1,5 @@
 """The CQIL task end to end on the real stories260K checkpoint (llama2.c, converted) and real text."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,22 @@ import pytest
 from experiments.runner import run_task
 from tests.conftest import experiments_of_task
 
-SMALL = ["model=cqil_stories260k", "cqil=stories260k", "eval.window=64", "eval.max_tokens=128", "eval.greedy_tokens=4",
-         "eval.greedy_prompts=1", "eval.prompt_tokens=8", "logger=none", "callbacks=none", "trainer.enable_progress_bar=false",
-         "cqil.latency.repeats=1", "cqil.latency.decode_steps=2", "cqil.latency.prompt_tokens=8", "cqil.rule.max_evaluations=2"]
+SMALL = [
+    "model=cqil_stories260k",
+    "cqil=stories260k",
+    "eval.window=64",
+    "eval.max_tokens=128",
+    "eval.greedy_tokens=4",
+    "eval.greedy_prompts=1",
+    "eval.prompt_tokens=8",
+    "logger=none",
+    "callbacks=none",
+    "trainer.enable_progress_bar=false",
+    "cqil.latency.repeats=1",
+    "cqil.latency.decode_steps=2",
+    "cqil.latency.prompt_tokens=8",
+    "cqil.rule.max_evaluations=2",
+]
 
 
 def read(run_dir: Path) -> tuple[dict[str, float], list[dict]]:
@@ -33,13 +47,21 @@ def test_stories260k_run_writes_the_issue_keys(make_config, tmp_path, data_dir):
     cfg = make_config("task=cqil", *SMALL)
     run_task(cfg, tmp_path / "run")
     metrics, records = read(tmp_path / "run")
-    for setting in ("original", "cqil_p2_s1_e3", "cqil_p2_s1_e5", "cqil_p2_s1_e3_d1", "cqil_p4_s1_e5",
-                    "removed_1", "removed_2", "removed_3"):
+    for setting in (
+        "original",
+        "cqil_p2_s1_e3",
+        "cqil_p2_s1_e5",
+        "cqil_p2_s1_e3_d1",
+        "cqil_p4_s1_e5",
+        "removed_1",
+        "removed_2",
+        "removed_3",
+    ):
         for metric in ("wikitext2_ppl", "tinystories_ppl", "greedy_agreement", "ideal_latency_ratio"):
             assert f"{setting}/{metric}" in metrics, f"{setting}/{metric}"
     assert metrics["original/greedy_agreement"] == 1.0
     assert metrics["cqil_p2_s1_e5/ideal_latency_ratio"] == pytest.approx(0.6)  # 4 layers, P=2: 2 of 5 saved
-    assert metrics["removed_2/ideal_latency_ratio"] == pytest.approx(0.6)     # equal ideal latency
+    assert metrics["removed_2/ideal_latency_ratio"] == pytest.approx(0.6)  # equal ideal latency
     assert metrics["cqil_p4_s1_e5/ideal_latency_ratio"] == pytest.approx(0.4)
     # grouping changes the model; TinyStories is its training distribution, WikiText is not
     assert metrics["cqil_p2_s1_e5/tinystories_ppl"] > metrics["original/tinystories_ppl"]
@@ -67,15 +89,26 @@ def test_bad_settings_exit_with_one_line(run_cli, make_config, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_recovery_and_distributed_on_stories260k(make_config, tmp_path, data_dir):
-    cfg = make_config("task=cqil", *SMALL, "cqil.latency.enabled=false", "cqil.rule.enabled=false", "cqil.removal=false",
-                      "cqil.recovery.enabled=true", "cqil.recovery.steps=3", "cqil.recovery.window=32",
-                      "cqil.recovery.train_tokens=256", "cqil.settings=[{p: 2, s: 1, e: 5}]", output_dir=tmp_path / "rec")
+    cfg = make_config(
+        "task=cqil",
+        *SMALL,
+        "cqil.latency.enabled=false",
+        "cqil.rule.enabled=false",
+        "cqil.removal=false",
+        "cqil.recovery.enabled=true",
+        "cqil.recovery.steps=3",
+        "cqil.recovery.window=32",
+        "cqil.recovery.train_tokens=256",
+        "cqil.settings=[{p: 2, s: 1, e: 5}]",
+        output_dir=tmp_path / "rec",
+    )
     run_task(cfg, tmp_path / "rec")
     metrics, _ = read(tmp_path / "rec")
     assert metrics["cqil_p2_s1_e5_lora/recovery_steps"] == 3
     assert metrics["removed_2_lora/tinystories_ppl"] > 0
-    cfg = make_config("task=cqil", *SMALL, "cqil.mode=distributed", "cqil.settings=[{p: 2, s: 1, e: 5}]",
-                      output_dir=tmp_path / "dist")
+    cfg = make_config(
+        "task=cqil", *SMALL, "cqil.mode=distributed", "cqil.settings=[{p: 2, s: 1, e: 5}]", output_dir=tmp_path / "dist"
+    )
     run_task(cfg, tmp_path / "dist")
     metrics, _ = read(tmp_path / "dist")
     for corpus in ("wikitext2", "tinystories"):

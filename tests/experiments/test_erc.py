@@ -1,5 +1,6 @@
 """The ERC task end to end, in-process: every experiment's smoke run, the metrics.json keys, epoch
 choice, condition overrides, bad input, and CMATH beating chance on planted-signal data."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,16 @@ from tests.conftest import experiments_of_task
 from tests.data.test_conversations import feature_tuple
 
 EXPERIMENTS = experiments_of_task("erc")
-KEYS = ("test_weighted_f1_median", "test_weighted_f1_q25", "test_weighted_f1_q75", "test_accuracy_median",
-        "test_accuracy_q25", "test_accuracy_q75", "val_weighted_f1_median", "test_weighted_f1_max_epoch_median")
+KEYS = (
+    "test_weighted_f1_median",
+    "test_weighted_f1_q25",
+    "test_weighted_f1_q75",
+    "test_accuracy_median",
+    "test_accuracy_q25",
+    "test_accuracy_q75",
+    "val_weighted_f1_median",
+    "test_weighted_f1_max_epoch_median",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +48,23 @@ def feature_pickles(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_every_experiment_is_found():
-    assert {"cmath_iemocap_text", "cmath_meld_text", "cmath_iemocap", "cmath_meld", "cmath_iemocap_ablation",
-            "cmath_modality_quality"} <= set(EXPERIMENTS)
+    assert {
+        "cmath_iemocap_text",
+        "cmath_meld_text",
+        "cmath_iemocap",
+        "cmath_meld",
+        "cmath_iemocap_ablation",
+        "cmath_modality_quality",
+    } <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_of_every_experiment(experiment, make_config, data_dir, feature_pickles, tmp_path):
-    extra = [f"dataset.corpus.path={feature_pickles[experiment]}", "dataset.corpus.num_speakers=3"] if experiment in feature_pickles else []
+    extra = (
+        [f"dataset.corpus.path={feature_pickles[experiment]}", "dataset.corpus.num_speakers=3"]
+        if experiment in feature_pickles
+        else []
+    )
     if experiment == "cmath_meld":
         extra += ["dataset.corpus.label_names=[a,b,c,d,e,f]"]
     cfg = make_config(f"experiment={experiment}", "debug=fast", *extra)
@@ -63,9 +82,11 @@ def test_fast_dev_run_of_every_experiment(experiment, make_config, data_dir, fea
 
 
 def test_select_epoch_uses_validation_only():
-    history = [{"epoch": 0, "val_weighted_f1": 0.5, "test_weighted_f1": 0.9, "test_accuracy": 0.9},
-               {"epoch": 1, "val_weighted_f1": 0.7, "test_weighted_f1": 0.6, "test_accuracy": 0.6},
-               {"epoch": 2, "val_weighted_f1": 0.7, "test_weighted_f1": 0.5, "test_accuracy": 0.5}]
+    history = [
+        {"epoch": 0, "val_weighted_f1": 0.5, "test_weighted_f1": 0.9, "test_accuracy": 0.9},
+        {"epoch": 1, "val_weighted_f1": 0.7, "test_weighted_f1": 0.6, "test_accuracy": 0.6},
+        {"epoch": 2, "val_weighted_f1": 0.7, "test_weighted_f1": 0.5, "test_accuracy": 0.5},
+    ]
     row = select_epoch(history, "val_weighted_f1")
     assert row["best_epoch"] == 1 and row["test_weighted_f1"] == 0.6  # earliest of the tied best
     assert row["test_weighted_f1_max_epoch"] == 0.9
@@ -98,9 +119,18 @@ def test_missing_feature_pickle_is_one_line(run_cli, tmp_path):
 
 @pytest.mark.slow
 def test_cmath_beats_chance_on_planted_signal(make_config, tmp_path):
-    cfg = make_config("task=erc", "dataset=synthetic_erc", "logger=none", "callbacks=none", "task.num_seeds=1",
-                      "task.max_epochs=12", "model.lr=1e-3", "trainer.enable_progress_bar=false",
-                      "~erc.conditions.symmetric", "~erc.conditions.bigru")
+    cfg = make_config(
+        "task=erc",
+        "dataset=synthetic_erc",
+        "logger=none",
+        "callbacks=none",
+        "task.num_seeds=1",
+        "task.max_epochs=12",
+        "model.lr=1e-3",
+        "trainer.enable_progress_bar=false",
+        "~erc.conditions.symmetric",
+        "~erc.conditions.bigru",
+    )
     run_task(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["cmath/test_accuracy_median"] > 0.6  # chance: 0.25 (4 classes)

@@ -1,4 +1,5 @@
 """The memorability tasks end to end: issue keys, per-video artifacts, arms wired right, bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -45,8 +46,14 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 
 def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, clip_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    cfg = make_config("experiment=memorability_crop", f"dataset.path={clip_dir}", BRIGHTNESS, "logger=none",
-                      "cropping.alpha=0.5", "task.score_frames=4")
+    cfg = make_config(
+        "experiment=memorability_crop",
+        f"dataset.path={clip_dir}",
+        BRIGHTNESS,
+        "logger=none",
+        "cropping.alpha=0.5",
+        "task.score_frames=4",
+    )
     run_task(cfg, run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     expected = {"original/score_mean", "decode/fps"} | {f"{c}/{k}" for c in CROPS for k in CROP_KEYS}
@@ -76,8 +83,15 @@ def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, cli
 
 @pytest.mark.parametrize("backend", ["fine_grained", "motion"])
 def test_saliency_backend_is_a_factor(backend: str, make_config, clip_dir: Path, tmp_path: Path) -> None:
-    cfg = make_config("experiment=memorability_crop", f"dataset.path={clip_dir}", BRIGHTNESS, "logger=none",
-                      f"saliency={backend}", "task.write_videos=false", "debug=fast")
+    cfg = make_config(
+        "experiment=memorability_crop",
+        f"dataset.path={clip_dir}",
+        BRIGHTNESS,
+        "logger=none",
+        f"saliency={backend}",
+        "task.write_videos=false",
+        "debug=fast",
+    )
     run_task(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
     assert {r["backend"] for r in records} == {backend} and records[0]["clips"] == 2  # debug=fast: task.limit clips
@@ -91,11 +105,16 @@ def test_bad_alpha_on_the_command_line_stops_with_one_line(run_cli, clip_dir: Pa
 
 
 @pytest.mark.parametrize("case", ["short", "non_video", "alpha_zero"])
-def test_short_clip_non_video_and_zero_alpha_leave_no_results(case: str, make_config, clip_dir: Path, tmp_path: Path, capsys) -> None:
+def test_short_clip_non_video_and_zero_alpha_leave_no_results(
+    case: str, make_config, clip_dir: Path, tmp_path: Path, capsys
+) -> None:
     fake = tmp_path / "fake.mp4"
     fake.write_text("not a video")
     overrides, message = {
-        "short": ([f"dataset.path={clip_dir / 'square0.mp4'}", "task.min_frames=100"], "shorter than the sampling window of 100 frames"),
+        "short": (
+            [f"dataset.path={clip_dir / 'square0.mp4'}", "task.min_frames=100"],
+            "shorter than the sampling window of 100 frames",
+        ),
         "non_video": ([f"dataset.path={fake}"], "fake.mp4: not a readable video"),
         "alpha_zero": ([f"dataset.path={clip_dir}", "cropping.alpha=0"], "cropping.alpha=0.0 must be in (0, 1]"),
     }[case]
@@ -127,8 +146,13 @@ def test_caption_training_smoke_run_reports_held_out_spearman(make_config, tmp_p
 @pytest.mark.slow
 def test_real_clip_with_resmem(make_config, data_dir: Path, tmp_path: Path) -> None:
     """The real predictor on a real clip: one scored frame per version, scores in (0, 1)."""
-    cfg = make_config("experiment=memorability_crop", f"dataset.path={data_dir / 'video/clips/carphone_pristine.mp4'}",
-                      "task.score_frames=1", "logger=none", "task.write_videos=false")
+    cfg = make_config(
+        "experiment=memorability_crop",
+        f"dataset.path={data_dir / 'video/clips/carphone_pristine.mp4'}",
+        "task.score_frames=1",
+        "logger=none",
+        "task.write_videos=false",
+    )
     run_task(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 < metrics["original/score_mean"] < 1.0

@@ -1,5 +1,6 @@
 """The polarity task end to end, in-process: each experiment's smoke run, the non-negative claim,
 transfer on real images, and resume-from-checkpoint reproducibility."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,22 @@ from tests.conftest import experiments_of_task
 
 EXPERIMENTS = experiments_of_task("polarity")
 SMALL = {  # keep each experiment's smoke run to seconds on 2 CPU cores (MNIST's training files are not offline)
-    "polarity_mnist_to_fashion": ["dataset.n_val=200", "polarity.source.dataset.name=digits",
-                                  "polarity.source.dataset.n_train=300", "polarity.source.dataset.n_val=100"],
+    "polarity_mnist_to_fashion": [
+        "dataset.n_val=200",
+        "polarity.source.dataset.name=digits",
+        "polarity.source.dataset.n_train=300",
+        "polarity.source.dataset.n_val=100",
+    ],
     "polarity_fashion_mnist": ["dataset.n_val=200", "polarity.source.dataset.n_train=500"],
-    "polarity_fashion_mnist_alexnet": ["dataset.n_val=200", "polarity.source.dataset.n_train=500",
-                                        "model.network.width_mult=0.05", "dataset.resize=67", "dataset.batch_size=8",
-                                        "dataset.eval_batch_size=50", "trainer.accelerator=cpu"],
+    "polarity_fashion_mnist_alexnet": [
+        "dataset.n_val=200",
+        "polarity.source.dataset.n_train=500",
+        "model.network.width_mult=0.05",
+        "dataset.resize=67",
+        "dataset.batch_size=8",
+        "dataset.eval_batch_size=50",
+        "trainer.accelerator=cpu",
+    ],
 }
 
 
@@ -44,8 +55,14 @@ def test_fast_dev_run_of_every_experiment(experiment: str, make_config, data_dir
 
 
 def test_nonnegative_nets_cannot_solve_xor_but_unconstrained_ones_do(make_config, tmp_path: Path) -> None:
-    cfg = make_config("experiment=nonneg_xor", "task.num_seeds=4", "trainer.max_epochs=40", "logger=none",
-                      "callbacks=none", "trainer.enable_progress_bar=false")
+    cfg = make_config(
+        "experiment=nonneg_xor",
+        "task.num_seeds=4",
+        "trainer.max_epochs=40",
+        "logger=none",
+        "callbacks=none",
+        "trainer.enable_progress_bar=false",
+    )
     run_task(cfg, tmp_path / "run")
     metrics = read_metrics(tmp_path / "run")
     assert metrics["nonneg/best_val_acc_max"] <= 0.75  # every seed, every epoch
@@ -57,10 +74,19 @@ def test_nonnegative_nets_cannot_solve_xor_but_unconstrained_ones_do(make_config
 @pytest.mark.slow  # source + 6 conditions x 15 epochs
 def test_polarity_transfer_on_real_digits(make_config, tmp_path: Path) -> None:
     """Source: digits 0-4 from half the pool; target: all 10 digits from the other half."""
-    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=200", "dataset.n_val=150",
-                      "polarity.source.dataset.n_train=300", "polarity.source.max_epochs=5", "trainer.max_epochs=15",
-                      "model.network.channels=[8,16]", "model.network.hidden=32", "logger=csv",
-                      "trainer.enable_progress_bar=false")
+    cfg = make_config(
+        "experiment=polarity_fashion_mnist",
+        "dataset=digits",
+        "dataset.n_train=200",
+        "dataset.n_val=150",
+        "polarity.source.dataset.n_train=300",
+        "polarity.source.max_epochs=5",
+        "trainer.max_epochs=15",
+        "model.network.channels=[8,16]",
+        "model.network.hidden=32",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+    )
     run_task(cfg, tmp_path / "run")
     metrics = read_metrics(tmp_path / "run")
     assert metrics["source/val_error"] < 0.5  # the source really learned digits 0-4
@@ -74,19 +100,37 @@ def test_polarity_transfer_on_real_digits(make_config, tmp_path: Path) -> None:
 
 def test_the_source_can_be_another_data_set(make_config, tmp_path: Path) -> None:
     """A `_target_` under polarity.source.dataset replaces the data set instead of overriding it."""
-    source = ("+polarity.source.dataset={_target_: data.images.ImageDataModule, name: digits, "
-              f"root: {tmp_path}, n_train: 200, n_val: 100, classes: [5, 6, 7, 8, 9]}}")
-    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150",
-                      "debug=fast", "task.num_seeds=1", "~polarity.source.dataset", source)
+    source = (
+        "+polarity.source.dataset={_target_: data.images.ImageDataModule, name: digits, "
+        f"root: {tmp_path}, n_train: 200, n_val: 100, classes: [5, 6, 7, 8, 9]}}"
+    )
+    cfg = make_config(
+        "experiment=polarity_fashion_mnist",
+        "dataset=digits",
+        "dataset.n_train=50",
+        "dataset.n_val=150",
+        "debug=fast",
+        "task.num_seeds=1",
+        "~polarity.source.dataset",
+        source,
+    )
     run_task(cfg, tmp_path / "run")
     import torch
+
     state = torch.load(tmp_path / "run" / "source_network.pt", weights_only=True)
     assert state["head.weight"].shape[0] == 5  # trained on the 5 classes of the other data module
 
 
 def test_a_saved_source_network_can_be_reused(make_config, tmp_path: Path) -> None:
-    common = ["experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150", "debug=fast",
-              "polarity.source.dataset.n_train=100", "task.num_seeds=1"]
+    common = [
+        "experiment=polarity_fashion_mnist",
+        "dataset=digits",
+        "dataset.n_train=50",
+        "dataset.n_val=150",
+        "debug=fast",
+        "polarity.source.dataset.n_train=100",
+        "task.num_seeds=1",
+    ]
     run_task(make_config(*common, output_dir=tmp_path / "first"), tmp_path / "first")
     source = tmp_path / "first" / "source_network.pt"
     run_task(make_config(*common, f"polarity.source.checkpoint={source}", output_dir=tmp_path / "second"), tmp_path / "second")
@@ -117,19 +161,32 @@ def test_a_rerun_in_the_same_dir_resumes_by_itself_as_on_requeue(make_config, tm
 
 
 def test_ckpt_path_as_a_run_dir_resumes_each_fit_and_a_single_file_is_refused_for_several(
-        make_config, tmp_path: Path, caplog, capsys) -> None:
-    common = ["experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150",
-              "task.num_seeds=1", "logger=none", "trainer.enable_progress_bar=false", "polarity.source.max_epochs=1",
-              "polarity.source.dataset.n_train=100"]
+    make_config, tmp_path: Path, caplog, capsys
+) -> None:
+    common = [
+        "experiment=polarity_fashion_mnist",
+        "dataset=digits",
+        "dataset.n_train=50",
+        "dataset.n_val=150",
+        "task.num_seeds=1",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "polarity.source.max_epochs=1",
+        "polarity.source.dataset.n_train=100",
+    ]
     first = tmp_path / "first"
     run_task(make_config(*common, "trainer.max_epochs=1", output_dir=first), first)
     with caplog.at_level(logging.INFO, logger="experiments.polarity"):
-        run_task(make_config(*common, "trainer.max_epochs=2", f"ckpt_path={first}", output_dir=tmp_path / "second"),
-                 tmp_path / "second")
+        run_task(
+            make_config(*common, "trainer.max_epochs=2", f"ckpt_path={first}", output_dir=tmp_path / "second"),
+            tmp_path / "second",
+        )
     assert caplog.text.count("resuming from") == 7  # the source and each of the 6 conditions
     with pytest.raises(SystemExit):
-        run_task(make_config(*common, f"ckpt_path={first / 'checkpoints' / 'source' / 'last.ckpt'}",
-                             output_dir=tmp_path / "third"), tmp_path / "third")
+        run_task(
+            make_config(*common, f"ckpt_path={first / 'checkpoints' / 'source' / 'last.ckpt'}", output_dir=tmp_path / "third"),
+            tmp_path / "third",
+        )
     assert "is one checkpoint, but this run has several fits" in capsys.readouterr().err
     assert not (tmp_path / "third" / "metrics.json").exists()
 
@@ -156,8 +213,15 @@ def test_source_network_does_not_share_the_target_runs_init(make_config, tmp_pat
     from data.images import ImageDataModule
     from models.polarity.networks import SmallCNN
 
-    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150",
-                      "debug=fast", "task.num_seeds=1", "polarity.source.dataset.n_train=100")
+    cfg = make_config(
+        "experiment=polarity_fashion_mnist",
+        "dataset=digits",
+        "dataset.n_train=50",
+        "dataset.n_val=150",
+        "debug=fast",
+        "task.num_seeds=1",
+        "polarity.source.dataset.n_train=100",
+    )
     run_task(cfg, tmp_path / "run")
     source = torch.load(tmp_path / "run" / "source_network.pt", weights_only=True)
     datamodule = ImageDataModule(name="digits", root=str(tmp_path), n_train=50, n_val=150)
@@ -204,8 +268,15 @@ def test_image_conditions_of_one_seed_start_identical_in_the_real_task(make_conf
     import torch
 
     captured = _capture_initial_networks(monkeypatch)
-    cfg = make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50", "dataset.n_val=150",
-                      "debug=fast", "task.num_seeds=2", "polarity.source.dataset.n_train=100")
+    cfg = make_config(
+        "experiment=polarity_fashion_mnist",
+        "dataset=digits",
+        "dataset.n_train=50",
+        "dataset.n_val=150",
+        "debug=fast",
+        "task.num_seeds=2",
+        "polarity.source.dataset.n_train=100",
+    )
     run_task(cfg, tmp_path / "run")
     for seed in (0, 1):
         fluid, freeze = captured[f"fluid_rand_seed{seed}"], captured[f"freeze_rand_seed{seed}"]
@@ -215,8 +286,9 @@ def test_image_conditions_of_one_seed_start_identical_in_the_real_task(make_conf
             assert torch.equal(in_pol[name], fluid_in_pol[name]), name
             assert torch.equal(in_pol[name].abs(), fluid[name].abs()), name  # IN-Pol: the same fresh magnitudes
         assert torch.equal(captured[f"in_weight_seed{seed}"]["head.weight"], fluid["head.weight"])
-        assert torch.equal(captured[f"freeze_in_weight_seed{seed}"]["features.0.weight"],
-                           captured[f"in_weight_seed{seed}"]["features.0.weight"])
+        assert torch.equal(
+            captured[f"freeze_in_weight_seed{seed}"]["features.0.weight"], captured[f"in_weight_seed{seed}"]["features.0.weight"]
+        )
     assert not torch.equal(captured["fluid_rand_seed0"]["features.0.weight"], captured["fluid_rand_seed1"]["features.0.weight"])
 
 

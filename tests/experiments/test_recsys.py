@@ -1,4 +1,5 @@
 """Recsys task end to end on a small written NCF split (fast), plus one real ML-100K run (slow)."""
+
 import json
 from pathlib import Path
 
@@ -7,8 +8,17 @@ import pytest
 
 from experiments.runner import run_task
 
-KEYS = {"test/target_hr@10", "test/target_hr@20", "test/target_hr@50", "test/target_ndcg@50", "test/prediction_shift",
-        "test/rmse", "test/mae", "test/loo_hr@10", "test_best_epoch/target_hr@50"}
+KEYS = {
+    "test/target_hr@10",
+    "test/target_hr@20",
+    "test/target_hr@50",
+    "test/target_ndcg@50",
+    "test/prediction_shift",
+    "test/rmse",
+    "test/mae",
+    "test/loo_hr@10",
+    "test_best_epoch/target_hr@50",
+}
 ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack"]
 DEFENSES = ["none", "apr", "noise", "tcd"]
 
@@ -34,8 +44,17 @@ def toy_root(tmp_path_factory) -> Path:
 
 
 def toy_overrides(root: Path, *extra: str) -> list[str]:
-    return ["task=recsys", "debug=fast", f"paths.data_dir={root}", "dataset.prefix=toy", "task.targets=[3,7]",
-            "model.network.dim=8", "task.batch_size=256", f"task.cache_dir={root}/cache", *extra]
+    return [
+        "task=recsys",
+        "debug=fast",
+        f"paths.data_dir={root}",
+        "dataset.prefix=toy",
+        "task.targets=[3,7]",
+        "model.network.dim=8",
+        "task.batch_size=256",
+        f"task.cache_dir={root}/cache",
+        *extra,
+    ]
 
 
 def run(make_config, tmp_path, root, *extra) -> tuple[dict, list]:
@@ -58,7 +77,7 @@ def test_each_attack_runs_with_the_issue_keys(make_config, tmp_path, toy_root, a
     profiles = (tmp_path / "run" / "artifacts" / "fake_profiles.csv").read_text().splitlines()
     if attack == "none":
         assert profiles == ["user,item,rating"]
-    else:   # debug=fast bounds fake users to task.limit = 2; each rates both targets 5
+    else:  # debug=fast bounds fake users to task.limit = 2; each rates both targets 5
         rows = [line.split(",") for line in profiles[1:]]
         assert {int(u) for u, _, _ in rows} == {60, 61}
         assert sorted((int(u), float(r)) for u, i, r in rows if int(i) in (3, 7)) == [(60, 5.0)] * 2 + [(61, 5.0)] * 2
@@ -66,8 +85,14 @@ def test_each_attack_runs_with_the_issue_keys(make_config, tmp_path, toy_root, a
 
 @pytest.mark.parametrize("defense", DEFENSES)
 def test_each_defense_runs(make_config, tmp_path, toy_root, defense) -> None:
-    metrics, records = run(make_config, tmp_path, toy_root, "attack=average", f"defense={defense}",
-                           "defense.method.warmup=0" if defense in ("apr", "noise") else "attack.size=0.05")
+    metrics, records = run(
+        make_config,
+        tmp_path,
+        toy_root,
+        "attack=average",
+        f"defense={defense}",
+        "defense.method.warmup=0" if defense in ("apr", "noise") else "attack.size=0.05",
+    )
     assert KEYS <= set(metrics) and records[0]["defense_name"] == defense
     assert ("train/pseudo_labels_per_model" in metrics) == (defense == "tcd")
     assert 0 <= metrics["test/target_hr@10"] <= metrics["test/target_hr@20"] <= metrics["test/target_hr@50"] <= 1
@@ -78,13 +103,16 @@ def test_neumf_with_tcd(make_config, tmp_path, toy_root) -> None:
     assert metrics["train/pseudo_labels_per_model"] > 0
 
 
-@pytest.mark.parametrize("override, message", [
-    ("attack.size=0", "attack.size=0.0: must be a fraction of users in (0, 0.5]"),
-    ("attack.size=0.6", "attack.size=0.6"),
-    ("task.targets=[3,80]", "task.targets: item ids [80] are not in the catalogue"),
-    ("task.targets=cold", "task.targets='cold' is not a target set"),
-    ("attack.filler=0", "attack.filler=0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("attack.size=0", "attack.size=0.0: must be a fraction of users in (0, 0.5]"),
+        ("attack.size=0.6", "attack.size=0.6"),
+        ("task.targets=[3,80]", "task.targets: item ids [80] are not in the catalogue"),
+        ("task.targets=cold", "task.targets='cold' is not a target set"),
+        ("attack.filler=0", "attack.filler=0"),
+    ],
+)
 def test_bad_input_names_the_key(make_config, tmp_path, toy_root, capsys, override, message) -> None:
     cfg = make_config(*toy_overrides(toy_root, override), output_dir=tmp_path / "run")
     with pytest.raises(SystemExit):
@@ -107,7 +135,6 @@ def test_rerun_resumes_from_the_saved_loop_state(make_config, tmp_path, toy_root
 
 @pytest.mark.slow
 def test_real_ml100k_average_tcd(run_cli) -> None:
-    result = run_cli("experiment=tcd_ml100k", "hydra.mode=RUN", "attack=average", "defense=tcd", "task.epochs=2",
-                     "logger=none")
+    result = run_cli("experiment=tcd_ml100k", "hydra.mode=RUN", "attack=average", "defense=tcd", "task.epochs=2", "logger=none")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "train/pseudo_labels_per_model" in result.stdout

@@ -1,5 +1,6 @@
 """Runs that survive: checkpoints during a fit, resume only into the same config, exclusive run dirs,
 stale results removed, and every bad value stopped in one line before any work."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "run.py", *QUICK, f"hydra.run.dir={run_dir}", *overrides],
-                            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "run.py", *QUICK, f"hydra.run.dir={run_dir}", *overrides],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -48,8 +55,14 @@ def test_a_fit_killed_after_a_mid_fit_checkpoint_resumes_to_the_uninterrupted_re
     assert victim.wait(60) == -signal.SIGKILL
     assert not (tmp_path / "killed" / "metrics.json").exists(), "the kill came after the fit ended; nothing was tested"
 
-    rerun = subprocess.run([sys.executable, "run.py", *QUICK, f"hydra.run.dir={tmp_path / 'killed'}", *epochs],
-                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, "run.py", *QUICK, f"hydra.run.dir={tmp_path / 'killed'}", *epochs],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "population: resuming from" in (tmp_path / "killed" / "run.log").read_text()
     assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "straight")
@@ -57,8 +70,12 @@ def test_a_fit_killed_after_a_mid_fit_checkpoint_resumes_to_the_uninterrupted_re
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(tmp_path: Path) -> None:
-    process = start(tmp_path / "run", "trainer.max_epochs=100000", "callbacks.checkpoint.every_n_epochs=0",
-                    "callbacks.checkpoint.every_n_minutes=null")
+    process = start(
+        tmp_path / "run",
+        "trainer.max_epochs=100000",
+        "callbacks.checkpoint.every_n_epochs=0",
+        "callbacks.checkpoint.every_n_minutes=null",
+    )
     log_file = tmp_path / "run" / "run.log"
     wait_for(log_file, process)
     deadline = time.monotonic() + 180
@@ -115,18 +132,22 @@ def test_a_validation_failure_in_a_finished_run_dir_leaves_no_stale_results(make
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "records.jsonl").exists()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["seed=-1"], "seed=-1 must be >= 0"),
-    (["model.lr=-0.1"], "model.optimizer.lr=-0.1 (set by ${model.lr}) must be > 0"),
-    (["model.lr=nan"], "must be a finite number"),
-    (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be >= 1"),
-    (["model=polarity_cnn", "dataset=fashion_mnist", "task.num_seeds=0"], "task.num_seeds=0 must be >= 1"),
-    (["task.num_seeds=0"], "task.num_seeds=0 must be >= 1"),
-    (["polarity.eps=-1"], "polarity.eps=-1 must be > 0"),
-    (["dataset.n_train=0"], "dataset.n_train=0"),
-])
-def test_bad_values_stop_in_one_line_before_any_work(overrides: list[str], message: str, make_config, tmp_path: Path,
-                                                     capsys) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["seed=-1"], "seed=-1 must be >= 0"),
+        (["model.lr=-0.1"], "model.optimizer.lr=-0.1 (set by ${model.lr}) must be > 0"),
+        (["model.lr=nan"], "must be a finite number"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be >= 1"),
+        (["model=polarity_cnn", "dataset=fashion_mnist", "task.num_seeds=0"], "task.num_seeds=0 must be >= 1"),
+        (["task.num_seeds=0"], "task.num_seeds=0 must be >= 1"),
+        (["polarity.eps=-1"], "polarity.eps=-1 must be > 0"),
+        (["dataset.n_train=0"], "dataset.n_train=0"),
+    ],
+)
+def test_bad_values_stop_in_one_line_before_any_work(
+    overrides: list[str], message: str, make_config, tmp_path: Path, capsys
+) -> None:
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         run_task(make_config("logger=csv", *overrides, output_dir=run_dir), run_dir)
@@ -142,8 +163,17 @@ def test_a_source_checkpoint_of_another_architecture_is_refused(make_config, tmp
     source = tmp_path / "other.pt"
     torch.save({"encoder.weight": torch.zeros(3, 3)}, source)
     with pytest.raises(SystemExit):
-        run_task(make_config("experiment=polarity_fashion_mnist", "dataset=digits", "dataset.n_train=50",
-                             "dataset.n_val=100", "debug=fast", f"polarity.source.checkpoint={source}"), tmp_path / "run")
+        run_task(
+            make_config(
+                "experiment=polarity_fashion_mnist",
+                "dataset=digits",
+                "dataset.n_train=50",
+                "dataset.n_val=100",
+                "debug=fast",
+                f"polarity.source.checkpoint={source}",
+            ),
+            tmp_path / "run",
+        )
     assert "no layer of the source network matches this network (0 of" in capsys.readouterr().err
 
 
@@ -151,8 +181,9 @@ def test_a_directory_where_a_data_file_should_be_is_named_as_such(make_config, t
     root = tmp_path / "data"
     (root / "images" / "fashion-mnist" / "train-images-idx3-ubyte.gz").mkdir(parents=True)
     with pytest.raises(SystemExit):
-        run_task(make_config("model=polarity_cnn", "dataset=fashion_mnist", f"paths.data_dir={root}", "debug=fast"),
-                 tmp_path / "run")
+        run_task(
+            make_config("model=polarity_cnn", "dataset=fashion_mnist", f"paths.data_dir={root}", "debug=fast"), tmp_path / "run"
+        )
     assert "is a directory, but a data file is expected there" in capsys.readouterr().err
 
 

@@ -1,5 +1,6 @@
 """The runner is task-neutral: a second task composes with its own defaults, a loop without a Trainer
 resumes from `ctx.save_state` after a kill, artifacts are atomic, and logger steps continue across fits."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,11 @@ task:
 def toy_conf(tmp_path: Path) -> Path:
     """A search path holding a throw-away task with its own model and dataset options."""
     conf = tmp_path / "toy_conf"
-    for group, text in {"task/toy": TOY_TASK, "model/toy_model": "name: toy_model\nwidth: 3\n",
-                        "dataset/toy_data": "name: toy_data\nsize: 5\n"}.items():
+    for group, text in {
+        "task/toy": TOY_TASK,
+        "model/toy_model": "name: toy_model\nwidth: 3\n",
+        "dataset/toy_data": "name: toy_data\nsize: 5\n",
+    }.items():
         path = conf / f"{group}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -62,8 +66,14 @@ def run_toy(conf: Path, run_dir: Path, die_at: int | None = None) -> subprocess.
     env = cli_env()
     if die_at is not None:
         env["TOY_DIE_AT"] = str(die_at)
-    return subprocess.run([sys.executable, "run.py", *toy_overrides(conf, f"hydra.run.dir={run_dir}")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "run.py", *toy_overrides(conf, f"hydra.run.dir={run_dir}")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_loop_killed_between_save_state_calls_resumes_to_the_same_result(toy_conf: Path, tmp_path: Path) -> None:
@@ -156,8 +166,9 @@ def test_task_result_coerces_numpy_and_torch_scalars_where_they_are_added() -> N
 
     from experiments.runner import TaskResult
 
-    result = TaskResult(metrics={"a/x": np.float32(0.5), "a/y": torch.tensor(2.0)},
-                        records=[{"seed": np.int64(3), "acc": np.float32(0.25)}])
+    result = TaskResult(
+        metrics={"a/x": np.float32(0.5), "a/y": torch.tensor(2.0)}, records=[{"seed": np.int64(3), "acc": np.float32(0.25)}]
+    )
     assert json.dumps(result.metrics) and json.dumps(result.records)
     assert result.records[0] == {"seed": 3, "acc": 0.25} and type(result.records[0]["seed"]) is int
     with pytest.raises(TypeError, match="a/z"):
@@ -171,8 +182,17 @@ def test_a_source_data_set_error_names_the_source_key_not_the_target(make_config
     with pytest.raises(SystemExit):
         from experiments.runner import run_task
 
-        run_task(make_config("model=polarity_cnn", "dataset=digits", "polarity=transfer", "dataset.n_train=100",
-                             "dataset.pool=[0.5,1.0]", "debug=fast"), tmp_path / "run")
+        run_task(
+            make_config(
+                "model=polarity_cnn",
+                "dataset=digits",
+                "polarity=transfer",
+                "dataset.n_train=100",
+                "dataset.pool=[0.5,1.0]",
+                "debug=fast",
+            ),
+            tmp_path / "run",
+        )
     err = capsys.readouterr().err
     assert "polarity.source.dataset.n_train=10000 must be between 1 and the training pool size" in err
     assert "lower polarity.source.dataset.n_train" in err
@@ -196,8 +216,9 @@ def test_ranks_of_one_launch_share_a_run_dir_name(monkeypatch) -> None:
 def test_global_rank_reads_the_launcher_environment_without_lightning(monkeypatch) -> None:
     import experiments.run_context as run_context
 
-    monkeypatch.setattr(run_context.sys, "modules", {k: v for k, v in run_context.sys.modules.items()
-                                                    if not k.startswith(("torch", "lightning"))})
+    monkeypatch.setattr(
+        run_context.sys, "modules", {k: v for k, v in run_context.sys.modules.items() if not k.startswith(("torch", "lightning"))}
+    )
     monkeypatch.setenv("RANK", "3")
     assert run_context.global_rank() == 3 and not run_context.is_global_zero()
     monkeypatch.delenv("RANK")

@@ -1,4 +1,5 @@
 """Freeze-SGD: after any optimiser step every constrained weight has its template's sign."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,11 @@ from models.polarity.sign_templates import align_to_template, random_template
 def _template_for(net: nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
     """A template whose signs are independent of the current weights (so projections really fire)."""
     generator = torch.Generator().manual_seed(seed)
-    return {name: torch.where(torch.rand(p.shape, generator=generator) < 0.5, -1.0, 1.0)
-            for name, p in net.named_parameters() if name.endswith("weight") and p.dim() >= 2}
+    return {
+        name: torch.where(torch.rand(p.shape, generator=generator) < 0.5, -1.0, 1.0)
+        for name, p in net.named_parameters()
+        if name.endswith("weight") and p.dim() >= 2
+    }
 
 
 @pytest.mark.parametrize("reset", sorted(RESET_RULES))

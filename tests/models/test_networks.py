@@ -1,4 +1,5 @@
 """Networks: a population trains exactly like its runs would alone; non-negative nets are monotone."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,7 +36,7 @@ def test_population_training_equals_training_each_run_alone() -> None:
             opt.zero_grad()
         F.binary_cross_entropy_with_logits(population(x).squeeze(-1), y, reduction="none").mean(1).sum().backward()
         for r, single in enumerate(singles):
-            F.binary_cross_entropy_with_logits(single(x[r:r + 1]).squeeze(-1), y[r:r + 1]).backward()
+            F.binary_cross_entropy_with_logits(single(x[r : r + 1]).squeeze(-1), y[r : r + 1]).backward()
         for opt in optimizers:
             opt.step()
     for r, single in enumerate(singles):

@@ -1,6 +1,7 @@
 """Run preparation (experiments.polarity.prepare_runs): initial weights per arm, alignment to the
 template, and which runs Freeze-SGD constrains. Each test fails on a set-up bug a reviewer could make:
 dropping the alignment, freezing the Fluid runs, or starting conditions of one seed from different weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,7 +40,7 @@ def test_conditions_of_one_seed_start_from_the_same_weights_and_seeds_differ() -
     for seed in SEEDS:
         rows = [_index(runs, c, seed) for c in CONDITIONS]
         for r in rows[1:]:
-            assert torch.equal(hidden[r], hidden[rows[0]])           # hidden template = own signs for every arm
+            assert torch.equal(hidden[r], hidden[rows[0]])  # hidden template = own signs for every arm
             assert torch.equal(output[r].abs(), output[rows[0]].abs())  # flip keeps magnitudes
         assert torch.equal(output[_index(runs, FREEZE_RANDOM, seed)], output[_index(runs, FLUID, seed)])
         assert torch.equal(net.output.bias[rows[0]], net.output.bias[rows[-1]])
@@ -96,21 +97,27 @@ def test_only_frozen_runs_are_constrained_and_fluid_runs_move_freely() -> None:
         F.binary_cross_entropy_with_logits(net(x).squeeze(-1), y, reduction="none").mean(1).sum().backward()
         optimizer.step()
     for r, (condition, _) in enumerate(runs):
-        flipped = sum(int((sign_of(p.detach()[r]) != sign_of(start[n][r])).sum())
-                      for n, p in net.named_parameters() if n.endswith("weight"))
+        flipped = sum(
+            int((sign_of(p.detach()[r]) != sign_of(start[n][r])).sum()) for n, p in net.named_parameters() if n.endswith("weight")
+        )
         if condition.freeze:
             assert flipped == 0, condition.name
-    fluid_flips = sum(int((sign_of(net.output.weight.detach()[r]) != sign_of(start["output.weight"][r])).sum())
-                      for r, (c, _) in enumerate(runs) if not c.freeze)
+    fluid_flips = sum(
+        int((sign_of(net.output.weight.detach()[r]) != sign_of(start["output.weight"][r])).sum())
+        for r, (c, _) in enumerate(runs)
+        if not c.freeze
+    )
     assert fluid_flips > 0  # large steps flip some unconstrained weights
 
 
 def test_in_weight_arms_start_from_the_source_and_freeze_in_weight_keeps_its_signs() -> None:
     torch.manual_seed(5)
     source = SmallCNN(in_channels=1, num_classes=5, image_size=8, channels=(4,), hidden=8).state_dict()
-    arms = {"in_weight": Condition("in_weight", "transfer", False, "posRand", "source"),
-            "freeze_in_weight": Condition("freeze_in_weight", "transfer", True, "posRand", "source"),
-            "freeze_in_pol": Condition("freeze_in_pol", "transfer", True, "posRand")}
+    arms = {
+        "in_weight": Condition("in_weight", "transfer", False, "posRand", "source"),
+        "freeze_in_weight": Condition("freeze_in_weight", "transfer", True, "posRand", "source"),
+        "freeze_in_pol": Condition("freeze_in_pol", "transfer", True, "posRand"),
+    }
     nets, constraints = {}, {}
     for name, condition in arms.items():
         torch.manual_seed(0)

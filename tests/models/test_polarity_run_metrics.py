@@ -1,4 +1,5 @@
 """The paper's per-run metrics on hand-made curves with known answers."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ NAN = math.nan
 
 
 def test_val_error_is_taken_at_the_first_minimum_loss_epoch_not_the_best_accuracy_or_max_loss() -> None:
-    loss = np.array([0.9, 0.3, 0.5, 0.3, 1.2])      # minimum at epochs 2 and 4 (tie: the first), maximum at 5
+    loss = np.array([0.9, 0.3, 0.5, 0.3, 1.2])  # minimum at epochs 2 and 4 (tie: the first), maximum at 5
     acc = np.array([0.50, 0.80, 0.95, 0.85, 0.60])  # best accuracy at epoch 3
     m = run_metrics(loss, acc, cutoff=0.9)
     assert m["best_epoch"] == 2.0
@@ -20,7 +21,7 @@ def test_val_error_is_taken_at_the_first_minimum_loss_epoch_not_the_best_accurac
 
 
 def test_epochs_to_cutoff_is_the_first_epoch_above_it_not_the_last() -> None:
-    acc = np.array([0.5, 0.95, 0.85, 0.97, 0.99])   # crosses at epoch 2, dips, crosses again at 4
+    acc = np.array([0.5, 0.95, 0.85, 0.97, 0.99])  # crosses at epoch 2, dips, crosses again at 4
     m = run_metrics(np.ones(5), acc, cutoff=0.9)
     assert m["epochs_to_cutoff"] == 2.0 and m["epochs_to_cutoff_reached"] == 2.0 and m["reached_cutoff"] == 1.0
 

@@ -1,4 +1,5 @@
 """Sign templates: what each one fixes, and what transfer copies (signs only)."""
+
 from __future__ import annotations
 
 import pytest

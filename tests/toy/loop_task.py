@@ -1,5 +1,6 @@
 """A throw-away task for runner tests: a seeded loop without a Lightning Trainer that saves its state
 every step (`ctx.save_state`), writes an artifact, logs a curve, and can kill itself mid-run."""
+
 from __future__ import annotations
 
 import os
@@ -31,5 +32,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         ctx.save_state("loop", state)
     ctx.write_artifact("per_item.csv", "step,total\n" + f"{state['step']},{state['total']}\n")
     records = [{"condition": "loop", "seed": cfg.seed, "kind": cfg.task.kind, "total": np.float32(state["total"])}]
-    return TaskResult(metrics={"loop/total": np.float32(state["total"]), "loop/resumed_at": resumed_at},
-                      table=f"total {state['total']:.6f}", records=records)
+    return TaskResult(
+        metrics={"loop/total": np.float32(state["total"]), "loop/resumed_at": resumed_at},
+        table=f"total {state['total']:.6f}",
+        records=records,
+    )

@@ -1,4 +1,5 @@
 """One torch thread for these small models: on a shared 2-core machine extra threads only contend."""
+
 from __future__ import annotations
 
 import pytest

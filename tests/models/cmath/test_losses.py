@@ -1,4 +1,5 @@
 """Loss terms: closed forms, zeros, masking, weighting."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,8 +51,12 @@ def test_padded_positions_are_ignored_everywhere():
     a2, b2 = a.clone(), b.clone()
     a2[0, 2], b2[0, 2] = 1e3, -1e3
     labels = torch.tensor([[1, 2, 0]])
-    for fn in (lambda x, y: feature_consistency(x, y, mask), lambda x, y: reconstruction_mse(x, y, mask),
-               lambda x, y: distillation_kl(x, y, mask, 1.0), lambda x, y: masked_cross_entropy(x, labels, mask)):
+    for fn in (
+        lambda x, y: feature_consistency(x, y, mask),
+        lambda x, y: reconstruction_mse(x, y, mask),
+        lambda x, y: distillation_kl(x, y, mask, 1.0),
+        lambda x, y: masked_cross_entropy(x, labels, mask),
+    ):
         torch.testing.assert_close(fn(a2, b2), fn(a, b))
 
 

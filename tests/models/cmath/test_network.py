@@ -1,4 +1,5 @@
 """CMATH network: shapes with masks, padding invariance, switches, central modality, baselines."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,8 +43,10 @@ def test_shapes_through_every_block_and_padding_is_zeroed():
     assert torch.all(out.coarse[~mask] == 0)
 
 
-@pytest.mark.parametrize("factory", [lambda: make(), lambda: make(symmetric=True), lambda: make(context_gru=True),
-                                     lambda: BiGRU(DIMS, 4, 2, hidden=8).eval()])
+@pytest.mark.parametrize(
+    "factory",
+    [lambda: make(), lambda: make(symmetric=True), lambda: make(context_gru=True), lambda: BiGRU(DIMS, 4, 2, hidden=8).eval()],
+)
 def test_padded_utterances_do_not_change_real_outputs(factory):
     net = factory()
     features, mask, speakers, _ = batch()

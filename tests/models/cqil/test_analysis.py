@@ -1,4 +1,5 @@
 """Layer-similarity analysis, the (S, E) rule (it must check perplexity), and the removal baseline."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,7 +44,7 @@ def test_similarity_matrix_against_hidden_states(model):
 
 def test_block_influence_and_removal_order():
     sim = torch.eye(5)
-    sim[0, 1] = sim[1, 0] = 0.1   # layer 0 changes its input most
+    sim[0, 1] = sim[1, 0] = 0.1  # layer 0 changes its input most
     sim[1, 2] = sim[2, 1] = 0.99  # layer 1 least
     sim[2, 3] = sim[3, 2] = 0.9
     sim[3, 4] = sim[4, 3] = 0.5
@@ -60,13 +61,14 @@ def test_removal_equals_skipping_and_restores(model):
     base = model(ids).logits
     remove_layers(model, [2])
     removed = model(ids).logits
-    cached = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
-                            do_sample=False, pad_token_id=0)
+    cached = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0
+    )
     full = model(cached, use_cache=False).logits  # the KV cache still works with a layer gone:
-    out = model(cached[:, :6], use_cache=True)    # incremental logits == recomputation
+    out = model(cached[:, :6], use_cache=True)  # incremental logits == recomputation
     steps, cache = [out.logits[:, -1]], out.past_key_values
     for t in range(6, cached.size(1) - 1):
-        out = model(cached[:, t: t + 1], past_key_values=cache, use_cache=True)
+        out = model(cached[:, t : t + 1], past_key_values=cache, use_cache=True)
         steps.append(out.logits[:, -1])
         cache = out.past_key_values
     restore_layers(model)

@@ -1,4 +1,5 @@
 """Distributed mode with 2 gloo processes equals sequential mode (logits and KV-cache generation)."""
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,9 @@ def test_two_gloo_ranks_equal_sequential(start, end, p, d):
     apply_cqil(model, start, end, p, d, mode="sequential")
     with torch.no_grad():
         want = model(ids).logits
-        generated = model.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), max_new_tokens=6,
-                                   min_new_tokens=6, do_sample=False, pad_token_id=0)
+        generated = model.generate(
+            ids[:1], attention_mask=torch.ones_like(ids[:1]), max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0
+        )
     remove_cqil(model)
     assert got["world"] == 2 and got["rank"] == 0
     assert torch.allclose(got["logits"], want, atol=1e-5)

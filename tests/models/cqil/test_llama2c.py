@@ -1,4 +1,5 @@
 """llama2.c -> HF LLaMA converter: stories260K's documented greedy sample reproduces."""
+
 from __future__ import annotations
 
 import struct
@@ -10,13 +11,15 @@ from common.errors import UserError
 from models.cqil.llama2c import Llama2cTokenizer, convert, read_header, read_llama2c
 
 # from stories260K.md ("Sampling this model at temperature 0.0 ... gives"), run.c with 256 steps
-DOCUMENTED = ('Once upon a time, there was a little girl named Lily. She loved to play outside in the park. '
-              'One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n'
-              'Lily\'s mom said, "Lily, let\'s go to the park." Lily was sad and didn\'t know what to do. '
-              'She said, "I want to play with your ball, but I can\'t find it."\n'
-              'Lily was sad and didn\'t know what to do. She said, "I\'m sorry, Lily. I didn\'t know what to do."\n'
-              'Lily didn\'t want to help her mom, so she said, "I\'m sorry, mom. I didn\'t know what to do." '
-              'Her mom said, "Don\'t worry, Lily. We can help you')
+DOCUMENTED = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+    "One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n"
+    "Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. "
+    'She said, "I want to play with your ball, but I can\'t find it."\n'
+    "Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\n"
+    "Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to do.\" "
+    "Her mom said, \"Don't worry, Lily. We can help you"
+)
 
 
 @pytest.fixture(scope="module")

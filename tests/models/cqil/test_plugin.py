@@ -1,4 +1,5 @@
 """CQIL group semantics on a 4-layer tiny random LLaMA against a hand-written reference loop."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,7 +35,7 @@ def run_layers(model, ids, spec: CQILSpec | None, residual: bool = True) -> torc
             a = [attn(m, h) for m in members]
             total = torch.zeros_like(h)
             for j, m in enumerate(members):
-                bypass = sum(a[max(0, j - spec.bypass_distance): j], torch.zeros_like(h)) if spec.bypass_distance else 0
+                bypass = sum(a[max(0, j - spec.bypass_distance) : j], torch.zeros_like(h)) if spec.bypass_distance else 0
                 r = h + a[j] + bypass
                 out = r + mlp(m, r) if residual else h + a[j] + mlp(m, r)
                 total = total + (out - h)
@@ -127,8 +128,9 @@ def test_kv_cache_generation_equals_recomputation(model, mode, d):
     prompt = torch.tensor([[5, 17, 3, 44, 8]])
     apply_cqil(model, 0, 4, 2, d, mode=mode)
     try:
-        cached = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
-                                min_new_tokens=8, do_sample=False, pad_token_id=0)[0, 5:].tolist()
+        cached = model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
+        )[0, 5:].tolist()
         ids = prompt
         for _ in range(8):
             nxt = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
@@ -138,10 +140,17 @@ def test_kv_cache_generation_equals_recomputation(model, mode, d):
     assert cached == ids[0, 5:].tolist()
 
 
-@pytest.mark.parametrize("args,match", [
-    ((2, 2, 2), "start < end"), ((3, 1, 2), "start < end"), ((0, 5, 2), "exceeds"),
-    ((0, 4, 1), ">= 2"), ((0, 3, 2), "not a multiple"), ((0, 4, 2, -1), "bypass_distance"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((2, 2, 2), "start < end"),
+        ((3, 1, 2), "start < end"),
+        ((0, 5, 2), "exceeds"),
+        ((0, 4, 1), ">= 2"),
+        ((0, 3, 2), "not a multiple"),
+        ((0, 4, 2, -1), "bypass_distance"),
+    ],
+)
 def test_bad_settings_are_clear_errors(model, args, match):
     with pytest.raises(UserError, match=match):
         apply_cqil(model, *args)

@@ -1,4 +1,5 @@
 """LoRA + KD recovery: teacher = original (adapters and CQIL off), student = CQIL + adapters."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -47,8 +48,15 @@ def test_recovery_trains_adapters_only_and_unloads():
     windows = torch.randint(0, 97, (4, 12), generator=torch.Generator().manual_seed(1))
 
     def make_trainer(name, steps):
-        return pl.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu"), None
+        return pl.Trainer(
+            max_steps=steps,
+            max_epochs=-1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+        ), None
 
     peft_model, module = recover(model, make_trainer, "t", windows, steps=6, batch_size=2, lr=1e-2, rank=4, alpha=4)
     assert len(module.step_seconds) == 6

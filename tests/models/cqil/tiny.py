@@ -1,4 +1,5 @@
 """A tiny random LLaMA built from a config (no download), shared by the CQIL tests."""
+
 from __future__ import annotations
 
 import torch
@@ -6,9 +7,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def tiny_config(layers: int = 4, attn: str = "eager") -> LlamaConfig:
-    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     config._attn_implementation = attn
     return config
 
@@ -38,6 +46,7 @@ def distributed_job(ids: torch.Tensor, start: int, end: int, p: int, d: int, ran
     apply_cqil(model, start, end, p, d, mode="distributed")
     with torch.no_grad():
         logits = model(ids).logits
-        generated = model.generate(ids[:1], attention_mask=torch.ones_like(ids[:1]), max_new_tokens=6,
-                                   min_new_tokens=6, do_sample=False, pad_token_id=0)
+        generated = model.generate(
+            ids[:1], attention_mask=torch.ones_like(ids[:1]), max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0
+        )
     return {"logits": logits, "generated": generated, "rank": rank, "world": world}

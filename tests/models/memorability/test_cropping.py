@@ -1,4 +1,5 @@
 """Crops: inside the frame, aspect kept, fixed vs dynamic on a moving object, bounded jitter, alpha checks."""
+
 from __future__ import annotations
 
 import numpy as np

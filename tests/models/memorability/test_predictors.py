@@ -1,4 +1,5 @@
 """Spearman on known cases; ridge and the Lightning regressor recover a known relation; tercile summary."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -20,6 +21,7 @@ def test_spearman_known_cases() -> None:
 
 def test_torchmetrics_spearman_in_the_module_agrees() -> None:
     from torchmetrics.regression import SpearmanCorrCoef
+
     metric = SpearmanCorrCoef()
     value = metric(torch.tensor([1.0, 2, 3, 4, 5]), torch.tensor([5.0, 6, 7, 8, 7.5]))
     assert abs(float(value) - spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7.5])) < 1e-5
@@ -41,12 +43,19 @@ def test_ridge_recovers_a_linear_relation_and_picks_alpha_by_cv() -> None:
 
 def test_regressor_learns_with_mse_and_reports_on_the_score_scale() -> None:
     x, y = _linear_data()
-    module = MemorabilityRegressor(in_features=16, hidden=32, lr=1e-2, dropout=0.0, input_dropout=0.0,
-                                   target_mean=float(y.mean()), target_std=float(y.std()))
+    module = MemorabilityRegressor(
+        in_features=16, hidden=32, lr=1e-2, dropout=0.0, input_dropout=0.0, target_mean=float(y.mean()), target_std=float(y.std())
+    )
     loader = DataLoader(TensorDataset(torch.from_numpy(x[:500]), torch.from_numpy(y[:500])), batch_size=64, shuffle=True)
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(max_epochs=15, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=15,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, loader)
     prediction = LitPredictor(module).predict(x[500:])
     assert spearman(prediction, y[500:]) > 0.9

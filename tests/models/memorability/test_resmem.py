@@ -1,4 +1,5 @@
 """ResMem rebuilt in plain torch: the package's checkpoint loads strictly and scores a frame."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Saliency backends: maps are distributions, the bright object is where the mass is, motion sees motion."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,6 +58,7 @@ def test_bad_settings_and_missing_deepgaze_are_user_errors() -> None:
     with pytest.raises(UserError, match="static_mix"):
         MotionSaliency(static_mix=1.5)
     import importlib.util
+
     if importlib.util.find_spec("deepgaze_pytorch") is None:
         with pytest.raises(UserError, match="deepgaze"):
             DeepGazeIIESaliency()

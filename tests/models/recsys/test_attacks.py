@@ -1,4 +1,5 @@
 """Fake profiles: shape, filler count, target ratings, and the attack objective on the real targets."""
+
 import pytest
 import torch
 
@@ -43,7 +44,7 @@ def test_average_attack_follows_item_means(train) -> None:
 
 
 def test_bandwagon_rates_popular_items_max(train) -> None:
-    train[:, 5] = 2.0                                    # item 5 rated by everyone: the most popular
+    train[:, 5] = 2.0  # item 5 rated by everyone: the most popular
     fake = BandwagonAttack(n_selected=1).generate(train, torch.tensor([3]), 3, 6, R, torch.Generator())
     assert torch.all(fake[:, 5] == R)
 
@@ -65,12 +66,17 @@ def test_hinge_uses_real_target_ids_and_kth_score() -> None:
     # target 0 already above s^(K) by 0.1 < kappa: the hinge is active at 0.8 - 0.9 = -0.1 per user
     assert attack_hinge(model, 2, torch.tensor([0]), top_k=2, kappa=0.2).item() == pytest.approx(-0.2)
     loss.backward()
-    assert model.item.grad.to_dense()[4, 0] < 0          # minimising pushes the target's score up
+    assert model.item.grad.to_dense()[4, 0] < 0  # minimising pushes the target's score up
 
 
-@pytest.mark.parametrize("attack", [CoAttack(epochs=3, attack_epochs=2, dim=8, batch_size=64),
-                                    GCoAttack(epochs=2, attack_epochs=1, dim=8, batch_size=64),
-                                    GradientAttack(epochs=2, attack_epochs=1, dim=8, batch_size=64)])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        CoAttack(epochs=3, attack_epochs=2, dim=8, batch_size=64),
+        GCoAttack(epochs=2, attack_epochs=1, dim=8, batch_size=64),
+        GradientAttack(epochs=2, attack_epochs=1, dim=8, batch_size=64),
+    ],
+)
 def test_model_based_profiles(attack, train) -> None:
     torch.manual_seed(0)
     targets = torch.tensor([2, 9])

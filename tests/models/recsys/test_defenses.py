@@ -1,4 +1,5 @@
 """APR and random-noise perturbations: norm eps per row, adversarial direction, warm-up."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,10 +28,10 @@ def test_apr_raises_the_loss_and_respects_warmup() -> None:
     u, i, r = batch()
     plain = NoDefense().loss(model, u, i, r, 0)
     apr = AdversarialTraining(eps=0.5, weight=1.0, warmup=2)
-    assert torch.allclose(apr.loss(model, u, i, r, 1), plain)           # warm-up: plain loss
-    adversarial = apr.loss(model, u, i, r, 2) - plain                      # = loss at the perturbed point
+    assert torch.allclose(apr.loss(model, u, i, r, 1), plain)  # warm-up: plain loss
+    adversarial = apr.loss(model, u, i, r, 2) - plain  # = loss at the perturbed point
     noisy = RandomNoise(eps=0.5, weight=1.0, warmup=2).loss(model, u, i, r, 2) - plain
-    assert adversarial > plain and adversarial > noisy                     # the gradient direction is the worst case
+    assert adversarial > plain and adversarial > noisy  # the gradient direction is the worst case
 
 
 def test_defenses_work_with_neumf() -> None:

@@ -1,4 +1,5 @@
 """Target HR@K / NDCG@K, prediction shift, RMSE / MAE and leave-one-out HR on cases with known answers."""
+
 import math
 
 import pytest

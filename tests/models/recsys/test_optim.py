@@ -1,4 +1,5 @@
 """TF1 Adadelta (rho 0.95, eps 1e-8, sparse rows) and the analytic MF gradient."""
+
 import math
 
 import torch
@@ -15,12 +16,12 @@ def test_first_sparse_step_matches_tf1_formula_and_leaves_other_rows() -> None:
     loss = (F.embedding(torch.tensor([1, 1]), weight, sparse=True) * torch.tensor([0.5, -1.0])).sum()
     loss.backward()
     opt.step()
-    g = torch.tensor([1.0, -2.0])                     # duplicate row 1: gradients summed
-    accum = 0.05 * g ** 2
+    g = torch.tensor([1.0, -2.0])  # duplicate row 1: gradients summed
+    accum = 0.05 * g**2
     upd = math.sqrt(1e-8) / (accum + 1e-8).sqrt() * g
     assert torch.allclose(weight[1], 1 - 20 * upd, atol=1e-6)
     assert torch.equal(weight[0], torch.ones(2)) and torch.equal(weight[2], torch.ones(2))
-    assert torch.equal(opt.state[weight]["accum"][0], torch.zeros(2))   # untouched rows do not decay either
+    assert torch.equal(opt.state[weight]["accum"][0], torch.zeros(2))  # untouched rows do not decay either
 
 
 def test_row_gradients_equal_autograd() -> None:
