@@ -86,3 +86,11 @@ def experiments_of_task(task: str) -> list[str]:
             names.append(path.stem)
     GlobalHydra.instance().clear()
     return names
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The quick tier (`-m "not slow"`) leaves out what needs a cluster or a fresh `python run.py` process
+    (each costs seconds of start-up); the full suite, CI's, runs everything."""
+    for item in items:
+        if item.get_closest_marker("slurm") or "run_cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
