@@ -34,6 +34,7 @@ def read(run_dir: Path) -> tuple[dict[str, float], list[dict]]:
     return metrics, records
 
 
+@pytest.mark.slow
 def test_experiments_compose(make_config):
     assert set(experiments_of_task("cqil")) >= {"cqil_smollm2", "cqil_distributed"}
     cfg = make_config("experiment=cqil_smollm2", "hydra.mode=RUN")
@@ -43,6 +44,7 @@ def test_experiments_compose(make_config):
     assert make_config("task=cqil").task.runner == "experiments.cqil.run"
 
 
+@pytest.mark.slow
 def test_stories260k_run_writes_the_issue_keys(make_config, tmp_path, data_dir):
     cfg = make_config("task=cqil", *SMALL)
     run_task(cfg, tmp_path / "run")

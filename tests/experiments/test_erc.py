@@ -58,6 +58,7 @@ def test_every_experiment_is_found():
     } <= set(EXPERIMENTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_of_every_experiment(experiment, make_config, data_dir, feature_pickles, tmp_path):
     extra = (

@@ -132,6 +132,7 @@ def test_task_composes_alone(make_config) -> None:
     assert cfg.task.runner.endswith("run_train_captions") and cfg.dataset.name == "mem_memento10k"
 
 
+@pytest.mark.slow
 def test_caption_training_smoke_run_reports_held_out_spearman(make_config, tmp_path: Path, data_dir: Path) -> None:
     cfg = make_config("experiment=memorability_train_captions", "debug=fast", f"dataset.cache_dir={tmp_path / 'cache'}")
     run_task(cfg, tmp_path / "run")

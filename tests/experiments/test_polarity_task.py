@@ -37,6 +37,7 @@ def read_metrics(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_fast_dev_run_of_every_experiment(experiment: str, make_config, data_dir: Path, tmp_path: Path) -> None:
     cfg = make_config(f"experiment={experiment}", "debug=fast", *SMALL.get(experiment, []))
@@ -54,6 +55,7 @@ def test_fast_dev_run_of_every_experiment(experiment: str, make_config, data_dir
     assert "| condition |" in (tmp_path / "run" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_nonnegative_nets_cannot_solve_xor_but_unconstrained_ones_do(make_config, tmp_path: Path) -> None:
     cfg = make_config(
         "experiment=nonneg_xor",
@@ -121,6 +123,7 @@ def test_the_source_can_be_another_data_set(make_config, tmp_path: Path) -> None
     assert state["head.weight"].shape[0] == 5  # trained on the 5 classes of the other data module
 
 
+@pytest.mark.slow
 def test_a_saved_source_network_can_be_reused(make_config, tmp_path: Path) -> None:
     common = [
         "experiment=polarity_fashion_mnist",
@@ -160,6 +163,7 @@ def test_a_rerun_in_the_same_dir_resumes_by_itself_as_on_requeue(make_config, tm
     assert read_metrics(requeued) == read_metrics(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_ckpt_path_as_a_run_dir_resumes_each_fit_and_a_single_file_is_refused_for_several(
     make_config, tmp_path: Path, caplog, capsys
 ) -> None:
@@ -264,6 +268,7 @@ def test_xor_runs_of_one_seed_start_identical_in_the_real_task(make_config, tmp_
     assert not torch.equal(hidden[0], hidden[1])
 
 
+@pytest.mark.slow
 def test_image_conditions_of_one_seed_start_identical_in_the_real_task(make_config, tmp_path: Path, monkeypatch) -> None:
     import torch
 

@@ -76,6 +76,7 @@ def run_toy(conf: Path, run_dir: Path, die_at: int | None = None) -> subprocess.
     )
 
 
+@pytest.mark.slow
 def test_a_loop_killed_between_save_state_calls_resumes_to_the_same_result(toy_conf: Path, tmp_path: Path) -> None:
     whole = run_toy(toy_conf, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr

@@ -114,6 +114,7 @@ def test_variational_fusion_samples_only_in_training():
     assert not torch.allclose(a, b)
 
 
+@pytest.mark.slow
 def test_overfits_a_tiny_set():
     torch.manual_seed(0)
     net = CMATH(DIMS, num_classes=4, num_speakers=2, hidden=32, heads=2, dropout=0.0, input_dropout=0.0)
