@@ -1,6 +1,6 @@
 """Baselines run by the same task: a BiGRU over the dialogue with a speaker embedding.
 
-The BiGRU is the calibration baseline of this project (REFERENCES.md, "ERC, text only"): utterance
+The BiGRU is the text-only baseline CMATH must beat (frozen MiniLM features, speaker embedding): utterance
 features (modalities concatenated) are projected, a speaker embedding is added, a bidirectional GRU
 reads the dialogue, and a linear layer classifies each utterance. Padded utterances are packed away
 so they never enter the recurrence. (The text-only classifier and the SDT-style symmetric fusion are

@@ -2,7 +2,7 @@
 
 Trained with MSE on the score, evaluated with Spearman rank correlation, MediaEval's metric. The
 network is a linear read-out plus a small MLP residual: with ~5,600 training videos a pure MLP does not
-beat ridge (REFERENCES Calibration: MLP 0.584 vs ridge 0.587); the linear path keeps ridge's inductive
+beat ridge (measured on a random 20 % of videos: MLP 0.584 vs ridge 0.587); the linear path keeps ridge's inductive
 bias, the MLP adds what is non-linear, and caption-subset augmentation (data/caption_features.py)
 regularises it. Targets are standardised inside the module (`target_mean`, `target_std` are saved
 with the checkpoint) so the loss scale does not depend on the data set's score range.
