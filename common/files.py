@@ -7,6 +7,7 @@ never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import urllib.error
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.errors import UserError, missing_file
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -40,6 +43,32 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], object]) -> Path
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def is_writable_dir(path: Path) -> bool:
+    """Whether `path` can be created (if missing) and written to: a probe file, not just permission bits."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def writable_dir(preferred: str | Path | None, fallback: Path, key: str) -> Path:
+    """`preferred` when writable, else `fallback` (a per-user cache: data roots may be read-only); one line
+    naming `key` when neither is. Caches of every data family (embeddings, attack profiles, converted
+    checkpoints) choose their folder here."""
+    fallback = Path(fallback).expanduser()
+    if preferred is not None and is_writable_dir(Path(preferred).expanduser()):
+        return Path(preferred).expanduser()
+    if not is_writable_dir(fallback):
+        raise UserError(f"{key}={preferred}: not writable, nor is {fallback}; set {key} to a writable folder")
+    if preferred is not None:
+        log.info("cache dir %s is not writable; using %s", preferred, fallback)
+    return fallback
 
 
 def require_file(path: str | Path, how_to_get: str) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from common import files
 from common.errors import UserError
 from common.files import atomic_write_with
 
@@ -31,14 +32,7 @@ FALLBACK_CACHE = Path("~/.cache/fivefold/memorability").expanduser()
 
 def writable_dir(preferred: str | Path | None) -> Path:
     """`preferred` when it can be created and written, else the per-user fallback cache."""
-    for candidate in ([Path(preferred).expanduser()] if preferred else []) + [FALLBACK_CACHE]:
-        try:
-            candidate.mkdir(parents=True, exist_ok=True)
-            if os.access(candidate, os.W_OK):
-                return candidate
-        except OSError:
-            continue
-    raise UserError(f"no writable cache dir: {preferred} and {FALLBACK_CACHE} both fail; set dataset.cache_dir")
+    return files.writable_dir(preferred, FALLBACK_CACHE, "dataset.cache_dir")
 
 
 def minilm_dir(cache_dir: Path) -> Path:

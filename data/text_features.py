@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from common.files import atomic_write_with
+from common.files import atomic_write_with, writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,29 +33,9 @@ EMBED_DIM = 384
 FALLBACK_CACHE = Path("~/.cache/fivefold/erc_text")
 
 
-def _writable(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-        return True
-    except OSError:
-        return False
-
-
 def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
     """The configured cache dir when writable, else ~/.cache/fivefold/erc_text (data roots may be read-only)."""
-    if cache_dir is not None and _writable(Path(cache_dir).expanduser()):
-        return Path(cache_dir).expanduser()
-    fallback = FALLBACK_CACHE.expanduser()
-    if not _writable(fallback):
-        raise UserError(
-            f"dataset.cache_dir={cache_dir}: not writable, nor is {fallback}; set dataset.cache_dir to a writable folder"
-        )
-    if cache_dir is not None:
-        log.info("cache dir %s is not writable; using %s", cache_dir, fallback)
-    return fallback
+    return writable_dir(cache_dir, FALLBACK_CACHE, "dataset.cache_dir")
 
 
 def model_dir(cache_dir: Path) -> Path:

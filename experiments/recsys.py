@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from common.errors import UserError
-from common.files import atomic_write_with
+from common.files import atomic_write_with, writable_dir
 from data.ratings import RatingData
 from experiments.run_context import RunContext
 from experiments.runner import TaskResult
@@ -92,16 +92,7 @@ def evaluate(
 
 def cache_dir(cfg: DictConfig) -> Path:
     """`task.cache_dir` when writable (default under the data root), else ~/.cache/fivefold/recsys."""
-    for folder in (Path(str(cfg.task.cache_dir)).expanduser(), Path.home() / ".cache" / "fivefold" / "recsys"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write_test"
-            probe.write_text("")
-            probe.unlink()
-            return folder
-        except OSError:
-            continue
-    raise UserError(f"task.cache_dir={cfg.task.cache_dir}: not writable, nor ~/.cache/fivefold/recsys; set task.cache_dir")
+    return writable_dir(cfg.task.cache_dir, Path.home() / ".cache" / "fivefold" / "recsys", "task.cache_dir")
 
 
 def make_profiles(

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from common.files import require_file
+from common.files import require_file, writable_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -106,23 +106,15 @@ def load_llama2c(checkpoint: str, tokenizer: str, cache_dir: str) -> LanguageMod
 
     source = require_file(checkpoint, "llama2.c checkpoints: https://huggingface.co/karpathy/tinyllamas")
     tok = Llama2cTokenizer(tokenizer)
-    out = writable_dir(cache_dir) / f"{source.stem}_hf"
+    out = cache_dir_for(cache_dir) / f"{source.stem}_hf"
     if not (out / "config.json").is_file():
         convert(source, out)
     model = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     return LanguageModel(model, lambda text: tok.encode(text, bos=False), tok.decode, 1)
 
 
-def writable_dir(preferred: str | Path) -> Path:
+def cache_dir_for(preferred: str | Path) -> Path:
     """`preferred` when it can be created and written, else ~/.cache/fivefold/<its name> (the shared
     data root is read-only)."""
-    for candidate in (Path(preferred).expanduser(), Path.home() / ".cache" / "fivefold" / Path(preferred).name):
-        try:
-            candidate.mkdir(parents=True, exist_ok=True)
-            probe = candidate / ".write_test"
-            probe.write_text("")
-            probe.unlink()
-            return candidate
-        except OSError:
-            continue
-    raise UserError(f"no writable cache dir for {preferred}; set model.loader.cache_dir to a writable folder")
+    fallback = Path.home() / ".cache" / "fivefold" / Path(preferred).name
+    return writable_dir(preferred, fallback, "model.loader.cache_dir")

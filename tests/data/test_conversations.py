@@ -203,8 +203,10 @@ def test_text_cache_is_read_and_keyed_by_content(tmp_path, monkeypatch):
 
 
 def test_unwritable_cache_falls_back(tmp_path, monkeypatch):
+    import common.files
+
     monkeypatch.setattr(text_features, "FALLBACK_CACHE", tmp_path / "fallback")
-    monkeypatch.setattr(text_features, "_writable", lambda p: Path(p) == tmp_path / "fallback")
+    monkeypatch.setattr(common.files, "is_writable_dir", lambda p: Path(p) == tmp_path / "fallback")
     assert text_features.resolve_cache_dir("/read/only") == tmp_path / "fallback"
 
 
