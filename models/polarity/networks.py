@@ -105,6 +105,25 @@ def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def alexnet_features(in_channels: int, c: list[int], first_padding: int) -> nn.Sequential:
+    """AlexNet's five convolutions and three max-pools; the variants differ in widths `c` and conv1's padding."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, c[0], 11, stride=4, padding=first_padding),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[0], c[1], 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(c[1], c[2], 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c[2], c[3], 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c[3], c[4], 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+    )
+
+
 class AlexNetPaper(nn.Module):
     """AlexNet as in the paper's reference code (Keras, after Krizhevsky et al. 2012): conv 96-11/4 (valid),
     pool 3/2, conv 256-5, pool, conv 384-3, 384-3, 256-3, pool, fc6 4096, dropout, fc7 4096, dropout,
@@ -126,21 +145,7 @@ class AlexNetPaper(nn.Module):
             )
         c = [max(1, round(w * width_mult)) for w in (96, 256, 384, 384, 256)]
         fc = max(1, round(4096 * width_mult))
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c[0], 11, stride=4),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(c[0], c[1], 5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(c[1], c[2], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c[2], c[3], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c[3], c[4], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2),
-        )
+        self.features = alexnet_features(in_channels, c, first_padding=0)
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(c[4] * size * size, fc),
@@ -189,21 +194,7 @@ class AlexNetTorchvision(nn.Module):
             )
         c = [max(1, round(w * width_mult)) for w in (64, 192, 384, 256, 256)]
         fc = max(1, round(4096 * width_mult))
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c[0], 11, stride=4, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(c[0], c[1], 5, padding=2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(c[1], c[2], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c[2], c[3], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c[3], c[4], 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2),
-        )
+        self.features = alexnet_features(in_channels, c, first_padding=2)
         self.pool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
             nn.Flatten(),
