@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from common.errors import UserError
 
@@ -95,6 +96,22 @@ class ResumableCheckpoint(Callback):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._restore_handlers()
+        if isinstance(exception, SIGTERMException) and self._signal is not None:
+            self._exit_status_for_lightnings_stop(trainer, exception)
+
+    def _exit_status_for_lightnings_stop(self, trainer: Any, exception: SIGTERMException) -> None:
+        """Lightning's loops raise their own SIGTERMException (exit status 0) when SIGTERM lands between this
+        callback's hooks (after a batch's hooks, in validation, after an epoch's end). Such a stop is a
+        pre-emption too: it gets the same resume point and the same status 128 + signal."""
+        signum = self._signal
+        if self.every_n_epochs == 0:
+            self.save(trainer)
+            log.warning("received %s: saved %s; exiting so the job can be requeued", signal.Signals(signum).name, self.path)
+        else:
+            log.warning(
+                "received %s: exiting so the job can be requeued; it resumes from %s", signal.Signals(signum).name, self.path
+            )
+        exception.code = 128 + signum
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():

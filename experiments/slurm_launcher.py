@@ -68,6 +68,12 @@ def sbatch_refusal(stderr: str, params: dict[str, Any]) -> str:
     )
 
 
+# Not final, though submitit's incomplete-state list lacks them (a time-out requeue passes through some).
+STILL_QUEUED = frozenset(
+    {"REQUEUE_HOLD", "REQUEUE_FED", "REQUEUED", "SUSPENDED", "CONFIGURING", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+)
+
+
 def job_failure(job: Any, error: BaseException) -> str:
     """The failed job's own `error:` line when it printed one (a UserError), else the exception's last line."""
     texts = [str(error)]
@@ -80,7 +86,10 @@ def job_failure(job: Any, error: BaseException) -> str:
     else:
         lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("-")]
         reason = lines[-1] if lines else type(error).__name__
-    return f"SLURM job {job.job_id} failed: {reason} (log: {job.paths.stderr})"
+    state = ""
+    with contextlib.suppress(Exception):
+        state = f", state {job.watcher.get_state(job.job_id, mode='cache')}"
+    return f"SLURM job {job.job_id} failed{state}: {reason} (log: {job.paths.stderr})"
 
 
 def accounting_enabled() -> bool:
@@ -112,6 +121,10 @@ class StatusWatcher(SlurmInfoWatcher):
             return command
         ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
         return ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%N", "--jobs", ",".join(ids)]
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        """submitit's rule, plus the states a requeued or held job passes through (not final either)."""
+        return super().is_done(job_id, mode) and self.get_state(job_id, mode="cache").upper() not in STILL_QUEUED
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         if self._squeue:

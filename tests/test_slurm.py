@@ -295,10 +295,10 @@ def test_ddp_over_two_srun_tasks_equals_ddp_spawn_with_two_processes(slurm_clust
 def test_a_time_out_is_requeued_by_submitit_and_resumes(slurm_cluster, tmp_path: Path) -> None:
     """timeout_min=1: SLURM sends USR2 signal_delay_s before the limit, submitit requeues the job itself
     (max_num_timeout) and every attempt resumes from the last epoch's last.ckpt until training is done."""
-    # 3,000 points (94 batches an epoch) x 60 epochs: about 30 s of training on an idle 2-core machine and
-    # more under load, so the job outlives the first slot (USR2 came 26-30 s after the start here); each
-    # attempt resumes where the last epoch-end checkpoint left it
-    args = (*TINY, "trainer.max_epochs=60", "dataset.n_train=3000")
+    # 3,000 points (94 batches an epoch) x 150 epochs: 60-75 s of training on a fast idle 2-core machine
+    # (60 epochs took 28 s there) and more under load, so the job always outlives the first slot (USR2 came
+    # 26-45 s after the start); each attempt resumes where the last epoch-end checkpoint left it
+    args = (*TINY, "trainer.max_epochs=150", "dataset.n_train=3000")
     sweep = tmp_path / "slurm"
     on_slurm = start(
         "-m",

@@ -4,6 +4,8 @@ stale results removed, and every bad value stopped in one line before any work."
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.demos.boring_classes import BoringModel
 
+from experiments.checkpointing import ResumableCheckpoint
 from experiments.run_dir import RunDirLock
 from experiments.runner import run_task
 from tests.conftest import REPO, cli_env
@@ -197,3 +204,35 @@ def test_default_run_dirs_are_unique_within_one_second() -> None:
     from experiments.resolvers import run_id
 
     assert run_id() != run_id()
+
+
+class _SigtermAfterBatch(Callback):
+    """Sends SIGTERM after ResumableCheckpoint's batch hook: Lightning's loop, not the callback, stops the fit."""
+
+    def __init__(self, at_batch: int) -> None:
+        self.at_batch = at_batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 1 and batch_idx == self.at_batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("every_n_epochs", [0, 1])
+def test_a_sigterm_in_lightnings_window_still_exits_for_requeue(tmp_path: Path, every_n_epochs: int, caplog) -> None:
+    checkpoint = ResumableCheckpoint(str(tmp_path), every_n_epochs=every_n_epochs, every_n_minutes=None)
+    trainer = Trainer(
+        max_epochs=5,
+        callbacks=[checkpoint, _SigtermAfterBatch(at_batch=1)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as stop:
+        trainer.fit(BoringModel())
+    assert stop.value.code == 128 + signal.SIGTERM  # not Lightning's own status 0, which would end a SLURM job as done
+    assert checkpoint.path.is_file()
+    epoch = torch.load(checkpoint.path, weights_only=False)["epoch"]
+    assert epoch == (1 if every_n_epochs == 0 else 0)  # mid-epoch save only when no epoch-end saves were asked for
+    assert "received SIGTERM" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is not checkpoint._handle
