@@ -154,8 +154,9 @@ def split_videos(count: int, test_fraction: float, val_fraction: float, seed: in
 
 
 def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    """Ridge baseline and Lightning regressor on mean caption embeddings, held-out videos."""
-    from data.caption_features import CaptionDataModule, CaptionEncoder, caption_tensor, mean_embedding
+    """Ridge baseline on mean caption embeddings; Lightning regressor on [mean embedding, caption words]
+    (and, for comparison, a ridge on the regressor's own inputs); Spearman on held-out videos."""
+    from data.caption_features import CaptionDataModule, CaptionEncoder, caption_tensor, caption_words, mean_embedding
     from data.memorability_scores import load_scored_captions
     from experiments.training import build_trainer
     from models.memorability.predictors import LitPredictor, spearman
@@ -173,18 +174,24 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     ridge = instantiate(cfg.model.ridge).fit(means[train_val], y[train_val])
     ridge_test = spearman(ridge.predict(means[split["test"]]), y[split["test"]])
 
+    words_cfg = cfg.model.get("word_features")
+    words = caption_words(data.captions, split["train"], **words_cfg) if words_cfg else np.zeros((len(y), 0), np.float32)
+    inputs = np.hstack([means, words])  # the regressor's input: caption mean, then word features
+    ridge_inputs = instantiate(cfg.model.ridge).fit(inputs[train_val], y[train_val]) if words.shape[1] else ridge
+    ridge_inputs_test = spearman(ridge_inputs.predict(inputs[split["test"]]), y[split["test"]])
+
     train_y = y[split["train"]]
     module = instantiate(
         cfg.model.regressor,
-        in_features=features.shape[-1],
+        in_features=inputs.shape[-1],
         target_mean=float(train_y.mean()),
         target_std=float(train_y.std() or 1.0),
     )
     if cfg.model.get("init_from_ridge"):  # a ridge on the training videos only: val / test stay unseen
-        start = instantiate(cfg.model.ridge).fit(means[split["train"]], y[split["train"]])
+        start = instantiate(cfg.model.ridge).fit(inputs[split["train"]], y[split["train"]])
         module.init_linear(start.model.coef_, start.model.intercept_)
     datamodule = CaptionDataModule(
-        {k: (features[v], mask[v], y[v]) for k, v in split.items()},
+        {k: (features[v], mask[v], y[v], words[v]) for k, v in split.items()},
         batch_size=ds.batch_size,
         subsample=bool(cfg.model.caption_subsample),
         seed=cfg.seed,
@@ -192,15 +199,15 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     trainer, ckpt_path = build_trainer(cfg, ctx, "regressor")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     predictor = LitPredictor(module)
-    val_rho = spearman(predictor.predict(means[split["val"]]), y[split["val"]])
-    test_rho = spearman(predictor.predict(means[split["test"]]), y[split["test"]])
+    val_rho = spearman(predictor.predict(inputs[split["val"]]), y[split["val"]])
+    test_rho = spearman(predictor.predict(inputs[split["test"]]), y[split["test"]])
 
     ctx.write_artifact(
         "test_predictions.csv",
         _csv(
             [
                 {"video_id": data.video_ids[j], "score": y[j], "ridge": r, "regressor": p}
-                for j, r, p in zip(split["test"], ridge.predict(means[split["test"]]), predictor.predict(means[split["test"]]))
+                for j, r, p in zip(split["test"], ridge.predict(means[split["test"]]), predictor.predict(inputs[split["test"]]))
             ],
             ["video_id", "score", "ridge", "regressor"],
         ),
@@ -209,23 +216,33 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         "regressor/test_spearman": test_rho,
         "ridge/test_spearman": ridge_test,
         "regressor/val_spearman": val_rho,
+        "ridge_inputs/test_spearman": ridge_inputs_test,
         "ridge/alpha": float(ridge.alpha),
         "ridge/cv_spearman": float(ridge.cv_spearman),
         "data/train_videos": len(split["train"]),
         "data/val_videos": len(split["val"]),
         "data/test_videos": len(split["test"]),
+        "data/word_features": words.shape[1],
+        "data/regressor_inputs": module.hparams.in_features,
     }
     records = [
         {"condition": "ridge", "seed": cfg.seed, "test_spearman": ridge_test},
+        {"condition": "ridge_inputs", "seed": cfg.seed, "test_spearman": ridge_inputs_test},
         {"condition": "regressor", "seed": cfg.seed, "test_spearman": test_rho, "val_spearman": val_rho},
     ]
     table = (
         f"{ds.name}: {len(data.scores)} videos ({len(split['train'])} train / {len(split['val'])} val / "
-        f"{len(split['test'])} test, split by video, seed {ds.split_seed}); mean MiniLM caption embedding -> "
-        f"{ds.target} score; Spearman on held-out videos.\n\n"
+        f"{len(split['test'])} test, split by video, seed {ds.split_seed}) -> {ds.target} score; Spearman on "
+        f"held-out videos. Ridge: mean MiniLM caption embedding; regressor and ridge_inputs: that mean plus "
+        f"{words.shape[1]} caption-word TF-IDF features.\n\n"
         + _table(
             [
                 {"model": f"ridge (alpha {ridge.alpha:g})", "test_spearman": ridge_test, "val_spearman": float("nan")},
+                {
+                    "model": f"ridge_inputs (alpha {ridge_inputs.alpha:g})",
+                    "test_spearman": ridge_inputs_test,
+                    "val_spearman": float("nan"),
+                },
                 {"model": "regressor", "test_spearman": test_rho, "val_spearman": val_rho},
             ],
             ["model", "test_spearman", "val_spearman"],

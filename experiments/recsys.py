@@ -180,8 +180,12 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     samples = Samples(users, items, poisoned[users, items] / data.max_rating)
 
     n_models = getattr(defense, "n_models", 1)
-    models = [instantiate(cfg.model.network)(n_users=poisoned.shape[0], n_items=data.n_items) for _ in range(n_models)]
-    optimizers = [instantiate(cfg.model.optimizer)(params=m.parameters()) for m in models]
+    optimizer = instantiate(cfg.model.optimizer)  # a partial: each LightningModule builds its own
+    models = [
+        instantiate(cfg.model.network)(n_users=poisoned.shape[0], n_items=data.n_items, optimizer=optimizer)
+        for _ in range(n_models)
+    ]
+    optimizers = [m.configure_optimizers() for m in models]
     history: list[dict[str, float]] = []
     start = 0
     if state is not None:

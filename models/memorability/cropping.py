@@ -30,13 +30,14 @@ def check_alpha(alpha: float, key: str = "cropping.alpha") -> float:
 
 def centroids(maps: np.ndarray) -> np.ndarray:
     """Saliency centre of mass per map, (T, 2) as (x, y) in [0, 1] of the frame (pixel centres)."""
-    maps = np.asarray(maps, dtype=np.float64)
+    maps = np.asarray(maps)  # float32 maps stay float32 (no copy of the clip); sums accumulate in float64
     _, height, width = maps.shape
-    total = maps.sum(axis=(1, 2))
+    columns, rows = maps.sum(axis=1, dtype=np.float64), maps.sum(axis=2, dtype=np.float64)
+    total = columns.sum(axis=1)
     total = np.where(total > 0, total, 1.0)
     xs = (np.arange(width) + 0.5) / width
     ys = (np.arange(height) + 0.5) / height
-    return np.stack([(maps.sum(axis=1) * xs).sum(axis=1) / total, (maps.sum(axis=2) * ys).sum(axis=1) / total], axis=1)
+    return np.stack([(columns * xs).sum(axis=1) / total, (rows * ys).sum(axis=1) / total], axis=1)
 
 
 def smooth(
@@ -75,12 +76,21 @@ def smooth(
     return out
 
 
+def boxes_at(centers: np.ndarray, scales: np.ndarray | float, width: int, height: int) -> np.ndarray:
+    """(N, 4) int boxes (x, y, w, h): side fraction `scales[i]` (or one scale for all), centred as near
+    `centers[i]` (x, y in [0, 1]) as the frame allows. Vectorised: called for every frame and scale."""
+    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+    scales = np.broadcast_to(np.asarray(scales, dtype=np.float64), (len(centers),))
+    w = np.clip(np.round(scales * width), 1, width)
+    h = np.clip(np.round(w * height / width), 1, height)
+    x = np.clip(np.round(centers[:, 0] * width - w / 2), 0, width - w)
+    y = np.clip(np.round(centers[:, 1] * height - h / 2), 0, height - h)
+    return np.stack([x, y, w, h], axis=1).astype(np.int64)
+
+
 def box_at(center: np.ndarray, scale: float, width: int, height: int) -> tuple[int, int, int, int]:
     """The (x, y, w, h) box of side fraction `scale` centred as near `center` (x, y in [0, 1]) as the frame allows."""
-    w = min(max(round(float(scale) * width), 1), width)  # plain ints: called per frame and per scale
-    h = min(max(round(w * height / width), 1), height)
-    x = min(max(round(float(center[0]) * width - w / 2), 0), width - w)
-    y = min(max(round(float(center[1]) * height - h / 2), 0), height - h)
+    x, y, w, h = boxes_at(center, scale, width, height)[0]
     return int(x), int(y), int(w), int(h)
 
 
@@ -127,7 +137,7 @@ class DynamicPositionCropper(Cropper):
         return smooth(centroids(maps), self.smoothing, self.ema, self.window, self.max_step)
 
     def boxes(self, maps: np.ndarray, width: int, height: int) -> np.ndarray:
-        return np.array([box_at(c, self.alpha, width, height) for c in self.path(maps)])
+        return boxes_at(self.path(maps), self.alpha, width, height)
 
 
 class DynamicSizeCropper(DynamicPositionCropper):
@@ -155,22 +165,26 @@ class DynamicSizeCropper(DynamicPositionCropper):
 
     def frame_scales(self, maps: np.ndarray, path: np.ndarray) -> np.ndarray:
         """Per frame, the smallest scale whose box (centred on the smoothed path) holds `mass` of the map
-        (all scales at once through the map's integral image)."""
-        _, mh, mw = maps.shape
-        out = np.empty(len(maps))
-        for t, (frame_map, center) in enumerate(zip(maps, path)):
-            integral = np.pad(np.cumsum(np.cumsum(frame_map, 0), 1), ((1, 0), (1, 0)))
-            x, y, w, h = np.array([box_at(center, scale, mw, mh) for scale in self.scales]).T
-            inside = integral[y + h, x + w] - integral[y, x + w] - integral[y + h, x] + integral[y, x]
-            enough = np.flatnonzero(inside / (integral[-1, -1] or 1.0) >= self.mass)
-            out[t] = self.scales[enough[0]] if len(enough) else self.scales[-1]
-        return out
+        (every frame and scale at once through the maps' integral images)."""
+        frames, mh, mw = maps.shape
+        integral = np.zeros((frames, mh + 1, mw + 1))  # one buffer, summed in place: no temporaries
+        np.cumsum(maps, axis=1, out=integral[:, 1:, 1:])
+        np.cumsum(integral[:, 1:, 1:], axis=2, out=integral[:, 1:, 1:])
+        count = len(self.scales)
+        boxes = boxes_at(np.repeat(path, count, axis=0), np.tile(self.scales, frames), mw, mh).reshape(frames, count, 4)
+        x, y, w, h = np.moveaxis(boxes, 2, 0)
+        t = np.arange(frames)[:, None]
+        inside = integral[t, y + h, x + w] - integral[t, y, x + w] - integral[t, y + h, x] + integral[t, y, x]
+        total = integral[:, -1, -1]
+        enough = inside / np.where(total > 0, total, 1.0)[:, None] >= self.mass
+        first = np.where(enough.any(axis=1), enough.argmax(axis=1), count - 1)
+        return self.scales[first]
 
     def boxes(self, maps: np.ndarray, width: int, height: int) -> np.ndarray:
-        maps = np.asarray(maps, dtype=np.float64)
+        maps = np.asarray(maps)
         path = self.path(maps)
         scales = smooth(self.frame_scales(maps, path), self.smoothing, self.ema, self.window, self.max_scale_step)
-        return np.array([box_at(c, float(np.clip(s, self.min_alpha, 1.0)), width, height) for c, s in zip(path, scales)])
+        return boxes_at(path, np.clip(scales, self.min_alpha, 1.0), width, height)
 
 
 def apply_crop(frame: np.ndarray, box: np.ndarray | tuple[int, int, int, int], size: tuple[int, int] | None = None) -> np.ndarray:

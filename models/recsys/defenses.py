@@ -26,7 +26,7 @@ class NoDefense:
     n_models: int = 1
 
     def loss(self, model: nn.Module, users: Tensor, items: Tensor, ratings: Tensor, epoch: int) -> Tensor:
-        return rating_loss(model, model.embed(users, items), ratings)
+        return model.rating_loss(users, items, ratings)  # the LightningModule's own training loss
 
 
 @dataclass

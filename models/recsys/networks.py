@@ -7,10 +7,19 @@ are model-agnostic:
 - ``regularizer(*embeddings)`` the L2 term on the batch's embeddings,
 - ``full_scores(users=None) -> [n_users, n_items]`` every cell at once (pseudo-labels, metrics).
 Embeddings are looked up with ``sparse=True`` so the TF1-style optimiser updates only a batch's rows.
+
+Both are LightningModules (:class:`Recommender`): a Trainer fits one alone on (user, item, rating)
+batches with the reference loss and the configured optimiser. The defences and TCD's co-training drive
+the same modules from a plain loop (models/recsys/training.py), which gives the same epoch (tested):
+TCD relabels the training set before every model's epoch, and a Trainer fit per model per epoch would
+cost more than the epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,14 +32,64 @@ def xavier_table(rows: int, dim: int) -> nn.Parameter:
     return nn.Parameter(weight)
 
 
-class MatrixFactorization(nn.Module):
+class Recommender(L.LightningModule):
+    """A rating model as a LightningModule: batches are (users, items, ratings / R); the loss is MSE + the
+    model's L2 term on the batch's embeddings (the reference's); `optimizer` is a partial taking params
+    (the config's `model.optimizer`), TF1 Adadelta lr 20 when none is given."""
+
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer] | None = None) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+
+    def embed(self, users: Tensor, items: Tensor) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def score(self, *embeddings: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def regularizer(self, *embeddings: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.score(*self.embed(users, items))
+
+    def rating_loss(self, users: Tensor, items: Tensor, ratings: Tensor) -> Tensor:
+        embeddings = self.embed(users, items)
+        return F.mse_loss(self.score(*embeddings), ratings) + self.regularizer(*embeddings)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self.rating_loss(*batch)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        users, items, ratings = batch
+        self.log("val/mse", F.mse_loss(self(users, items), ratings), batch_size=len(users))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(params=self.parameters())
+        from models.recsys.optim import TF1Adadelta
+
+        return TF1Adadelta(self.parameters())
+
+
+class MatrixFactorization(Recommender):
     """r_hat = p_u . q_i (TCD Sec. 3, no biases); `link="sigmoid"` gives Co-Attack's PMF sigma(p . q).
 
     Loss (reference): mean squared error + reg * (mean(p_u^2) + mean(q_i^2)) over the batch's rows.
     """
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 128, reg: float = 1e-4, link: str = "linear") -> None:
-        super().__init__()
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 128,
+        reg: float = 1e-4,
+        link: str = "linear",
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    ) -> None:
+        super().__init__(optimizer)
         if link not in ("linear", "sigmoid"):
             raise ValueError(f"link={link!r} must be 'linear' or 'sigmoid'")
         self.user = xavier_table(n_users, dim)
@@ -50,9 +109,6 @@ class MatrixFactorization(nn.Module):
 
     def regularizer(self, p: Tensor, q: Tensor) -> Tensor:
         return self.reg * (p.pow(2).mean() + q.pow(2).mean())
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.score(*self.embed(users, items))
 
     @torch.no_grad()
     def row_gradients(self, users: Tensor, items: Tensor, ratings: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
@@ -84,7 +140,7 @@ class MatrixFactorization(nn.Module):
         return torch.sigmoid(out) if self.link == "sigmoid" else out
 
 
-class NeuMF(nn.Module):
+class NeuMF(Recommender):
     """NeuMF (He et al., WWW 2017) for rating regression: a GMF path p*q and an MLP on [p', q'], fused by a
     linear output. The second base model, to show TCD is model-agnostic (the issue asks for one)."""
 
@@ -96,8 +152,9 @@ class NeuMF(nn.Module):
         hidden: tuple[int, ...] = (64, 32),
         reg: float = 1e-4,
         sparse: bool = False,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer)
         self.sparse = sparse  # dense gradients by default, so Adam applies
         self.user, self.item = xavier_table(n_users, dim), xavier_table(n_items, dim)
         self.user_mlp, self.item_mlp = xavier_table(n_users, dim), xavier_table(n_items, dim)
@@ -124,9 +181,6 @@ class NeuMF(nn.Module):
 
     def regularizer(self, *embeddings: Tensor) -> Tensor:
         return self.reg * sum(e.pow(2).mean() for e in embeddings)
-
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        return self.score(*self.embed(users, items))
 
     @torch.no_grad()
     def full_scores(self, users: Tensor | None = None, chunk: int = 64) -> Tensor:

@@ -1,8 +1,10 @@
 """The training loop shared by every recommender, defence and surrogate attack model.
 
-A plain loop rather than a Lightning Trainer: TCD needs, per epoch and per model, a full-matrix
-pseudo-labelling step using the *other* models, and then ~1.5 M samples in batches of 2048; one
-Trainer fit per (model, epoch) would cost more than the epoch itself. The task logs and checkpoints
+The models are LightningModules (networks.Recommender) that a Trainer can fit alone; this loop drives
+them itself because TCD needs, per epoch and per model, a full-matrix pseudo-labelling step using the
+*other* models, and then ~1.5 M samples in batches of 2048; one Trainer fit per (model, epoch) would
+cost more than the epoch itself. `epoch_loader` gives a Trainer the loop's exact batches (a Trainer
+epoch equals a loop epoch, tested). The task logs and checkpoints
 through the run context (``on_epoch_end``), so resume and loggers work as for Lightning tasks.
 
 `extra_loss(model, epoch)` adds an attack objective (Co-Attack / GCoAttack) from `extra_from` on; with
@@ -45,6 +47,28 @@ class LoopStats:
     train_seconds: float = 0.0
     label_seconds: float = 0.0
     pseudo_per_model: list[int] = field(default_factory=list)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Whole batches of `samples` by precomputed index chunks (one item = one batch: no per-row collate)."""
+
+    def __init__(self, samples: Samples, chunks: list[Tensor]) -> None:
+        self.samples, self.chunks = samples, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        idx = self.chunks[index]
+        return self.samples.users[idx], self.samples.items[idx], self.samples.ratings[idx]
+
+
+def epoch_loader(samples: Samples, batch_size: int, generator: torch.Generator) -> torch.utils.data.DataLoader:
+    """One epoch of shuffled batches for a Lightning Trainer, drawn exactly as `train_one_epoch` draws them
+    (same permutation from the same generator state), so a Trainer epoch and a loop epoch can be compared."""
+    order = torch.randperm(len(samples), generator=generator)
+    chunks = list(order.split(batch_size))
+    return torch.utils.data.DataLoader(_Batches(samples, chunks), batch_size=None, shuffle=False)
 
 
 def train_one_epoch(

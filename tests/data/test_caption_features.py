@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.caption_features import FALLBACK_CACHE, CaptionEncoder, CaptionSets, caption_tensor, mean_embedding, writable_dir
+from data.caption_features import (
+    FALLBACK_CACHE,
+    CaptionEncoder,
+    CaptionSets,
+    caption_tensor,
+    caption_words,
+    mean_embedding,
+    writable_dir,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +60,22 @@ def test_padding_mean_and_caption_subsets() -> None:
     seen = {float(train[0][0][0]) for _ in range(40)}
     assert seen <= {2.0, 3.0, 4.0} and len(seen) > 1  # means of non-empty subsets only
     assert float(CaptionSets(features, mask, np.array([0.5, 0.7]), subsample=False)[0][0][0]) == 3.0
+
+
+def test_caption_words_are_fitted_on_the_training_videos_only() -> None:
+    captions = [["a man sings on stage", "a man singing"], ["a dog runs", "a dog running fast"], ["zebra zebra"]]
+    words = caption_words(captions, fit_on=np.array([0, 1]), min_df=1, weight=0.5)
+    assert words.shape[0] == 3 and words.dtype == np.float32
+    assert np.allclose(np.linalg.norm(words[:2], axis=1), 0.5)  # L2-normalised, then weighted
+    assert not words[2].any()  # a word only held-out videos use has no column: nothing leaks from them
+    assert words[0] @ words[1] == 0.0  # no shared word
+
+
+def test_video_features_follow_the_caption_mean_unsubsampled() -> None:
+    features = np.array([[[2.0], [4.0]]], np.float32)
+    mask = np.array([[True, True]])
+    words = np.array([[7.0, 8.0]], np.float32)
+    sets = CaptionSets(features, mask, np.array([0.5]), subsample=True, seed=0, video_features=words)
+    items = [sets[0][0].tolist() for _ in range(30)]
+    assert all(item[1:] == [7.0, 8.0] for item in items)  # the word block is appended as is
+    assert {item[0] for item in items} == {2.0, 3.0, 4.0}  # only the caption mean is subsampled

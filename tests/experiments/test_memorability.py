@@ -137,9 +137,10 @@ def test_caption_training_smoke_run_reports_held_out_spearman(make_config, tmp_p
     cfg = make_config("experiment=memorability_train_captions", "debug=fast", f"dataset.cache_dir={tmp_path / 'cache'}")
     run_task(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    for key in ("regressor/test_spearman", "ridge/test_spearman", "regressor/val_spearman"):
+    for key in ("regressor/test_spearman", "ridge/test_spearman", "regressor/val_spearman", "ridge_inputs/test_spearman"):
         assert -1.0 <= metrics[key] <= 1.0
     assert metrics["data/test_videos"] == 20  # debug=fast: 100 videos, 20 % held out
+    assert metrics["data/regressor_inputs"] == 384 + metrics["data/word_features"] > 384  # the regressor sees the words
     rows = _csv_rows(tmp_path / "run" / "artifacts" / "test_predictions.csv")
     assert len(rows) == 20 and len({r["video_id"] for r in rows}) == 20
 
