@@ -5,7 +5,7 @@
                                  [--threads 1] [--out results/cqil/bench_latency.json]
 
 On CPU, P devices are emulated by one process with one thread per rank (gloo) against the original
-model on one thread (REFERENCES: Calibration); `sequential` and `fused` run on that one thread too.
+model on one thread (so the ideal reduction is measurable on a CPU); `sequential` and `fused` run on that one thread too.
 Prefill = one forward over a random prompt; decode = median seconds per token with the KV cache.
 The original and the single-process modes are timed interleaved run by run (a busy machine slows
 all alike); the distributed ranks time their own original first, with every rank busy alike.
