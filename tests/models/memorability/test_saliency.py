@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import sys
+import types
+
 import numpy as np
 import pytest
+import torch
 
 from common.errors import UserError
 from models.memorability.cropping import centroids
@@ -62,3 +67,45 @@ def test_bad_settings_and_missing_deepgaze_are_user_errors() -> None:
     if importlib.util.find_spec("deepgaze_pytorch") is None:
         with pytest.raises(UserError, match="deepgaze"):
             DeepGazeIIESaliency()
+
+
+class _FakeDeepGazeIIE(torch.nn.Module):
+    """Stands in for deepgaze_pytorch.DeepGazeIIE: log-density from the first (red in RGB) channel, so a
+    backend that passed BGR would look at the blue spot instead."""
+
+    def __init__(self, pretrained: bool = True) -> None:
+        super().__init__()
+        assert pretrained
+
+    def forward(self, image: torch.Tensor, centerbias: torch.Tensor) -> torch.Tensor:
+        assert image.shape[0] == 1 and image.shape[1] == 3 and centerbias.shape == (1, *image.shape[2:])
+        logits = image[:, :1] / 10.0 + centerbias[:, None]
+        return logits - torch.logsumexp(logits.flatten(1), dim=1).view(-1, 1, 1, 1)
+
+
+def test_deepgaze_backend_feeds_rgb_and_returns_a_normalised_map(monkeypatch) -> None:
+    fake = types.ModuleType("deepgaze_pytorch")
+    fake.__spec__ = importlib.machinery.ModuleSpec("deepgaze_pytorch", None)
+    fake.DeepGazeIIE = _FakeDeepGazeIIE
+    monkeypatch.setitem(sys.modules, "deepgaze_pytorch", fake)
+    frame = np.zeros((90, 160, 3), np.uint8)
+    frame[40:50, 10:20] = (0, 0, 255)  # red in BGR, on the left
+    frame[40:50, 140:150] = (255, 0, 0)  # blue in BGR, on the right
+    backend = DeepGazeIIESaliency(work_width=160)
+    saliency = backend(frame)
+    assert saliency.shape == (90, 160) and np.isclose(saliency.sum(), 1.0, atol=1e-4)
+    x, _ = centroids(saliency[None])[0]
+    assert x < 0.3  # the red spot: the model saw RGB
+
+
+def test_deepgaze_that_fails_to_load_is_a_user_error(monkeypatch) -> None:
+    fake = types.ModuleType("deepgaze_pytorch")
+    fake.__spec__ = importlib.machinery.ModuleSpec("deepgaze_pytorch", None)
+
+    def broken(pretrained: bool = True):
+        raise RuntimeError("weights could not be downloaded")
+
+    fake.DeepGazeIIE = broken
+    monkeypatch.setitem(sys.modules, "deepgaze_pytorch", fake)
+    with pytest.raises(UserError, match="could not be loaded.*weights could not be downloaded"):
+        DeepGazeIIESaliency()
