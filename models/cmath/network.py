@@ -16,7 +16,7 @@ the choice of SDT (Ma et al. 2023, butterfliesss/SDT) is taken:
 4. Hierarchical distillation: the coarse (fused) head teaches every fine head (logit KL with
    temperature, SDT's form) and a feature-consistency term pulls projected fine features toward the
    coarse one.
-Our addition (off by default, `context_gru`): a residual BiGRU over each modality's utterance
+Our addition (`context_gru`: off in the class, on in conf/model/erc_cmath.yaml): a residual BiGRU over each modality's utterance
 sequence before the self-attention, to give the intra-modal encoder local order on small corpora
 (with frozen sentence features only, a plain transformer trails a BiGRU on IEMOCAP; see results/erc).
 Loss = CE(fused) + fine_ce * sum CE(fine) + kd * sum KD + feat * sum consistency + kl * KL + recon * sum MSE.
