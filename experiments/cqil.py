@@ -137,17 +137,25 @@ def distributed_latency_job(loader: dict, specs: list[dict], prompt: torch.Tenso
 
 
 def recovery_windows(cfg: DictConfig, lm) -> torch.Tensor:
-    """Training windows for recovery: the recovery corpus's tokens AFTER the evaluation budget, so the
-    student never trains on the text it is scored on."""
+    """Training windows for recovery: each recovery corpus's tokens AFTER the evaluation budget, so the
+    student never trains on the text it is scored on. `cqil.recovery.corpus` is one corpus or a list;
+    a list's windows are interleaved (`train_tokens` per corpus), so every stretch of steps sees each."""
     rec, ev = cfg.cqil.recovery, cfg.eval
     skip = int(ev.max_tokens) if ev.max_tokens is not None else None
     if skip is None:
         raise UserError("cqil.recovery needs eval.max_tokens set (training text starts after the evaluation tokens)")
-    windows = corpus_windows(rec.corpus, cfg.paths.data_dir, lm.encode, int(rec.window), skip + int(rec.train_tokens))
+    names = [rec.corpus] if isinstance(rec.corpus, str) else list(rec.corpus)
     start = -(-skip // int(rec.window))  # whole windows past the evaluation tokens
-    if len(windows) <= start:
-        raise UserError(f"cqil.recovery.corpus={rec.corpus}: no text left after the {skip} evaluation tokens")
-    return windows[start:]
+    parts = []
+    for name in names:
+        windows = corpus_windows(name, cfg.paths.data_dir, lm.encode, int(rec.window), skip + int(rec.train_tokens))
+        if len(windows) <= start:
+            raise UserError(f"cqil.recovery.corpus={name}: no text left after the {skip} evaluation tokens")
+        parts.append(windows[start:])
+    if len(parts) == 1:
+        return parts[0]
+    count = min(len(part) for part in parts)  # round-robin over equal shares
+    return torch.stack([part[i] for i in range(count) for part in parts])
 
 
 def recover_and_score(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer, similarity: torch.Tensor):

@@ -116,3 +116,29 @@ def test_recovery_and_distributed_on_stories260k(make_config, tmp_path, data_dir
     for corpus in ("wikitext2", "tinystories"):
         want = metrics[f"cqil_p2_s1_e5/sequential_{corpus}_ppl"]
         assert metrics[f"cqil_p2_s1_e5/{corpus}_ppl"] == pytest.approx(want, rel=1e-5)
+
+
+def test_recovery_windows_skip_the_evaluation_tokens_and_interleave_corpora(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from experiments.cqil import recovery_windows
+
+    (tmp_path / "a.txt").write_text("a" * 400)
+    (tmp_path / "b.txt").write_text("b" * 400)
+
+    class Bytes:
+        encode = staticmethod(lambda text: list(text.encode()))
+
+    def config(corpus):
+        return OmegaConf.create(
+            {
+                "paths": {"data_dir": str(tmp_path)},
+                "eval": {"max_tokens": 40},
+                "cqil": {"recovery": {"corpus": corpus, "window": 20, "train_tokens": 100}},
+            }
+        )
+
+    one = recovery_windows(config(str(tmp_path / "a.txt")), Bytes())
+    assert one.shape == (5, 20)  # tokens 40..140: the 40 evaluation tokens are never trained on
+    both = recovery_windows(config([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]), Bytes())
+    assert both.shape == (10, 20) and both[:4, 0].tolist() == [ord("a"), ord("b"), ord("a"), ord("b")]
