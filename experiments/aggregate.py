@@ -107,7 +107,7 @@ def _job_records(job: Path) -> list[dict[str, Any]]:
     seed = overrides.pop("seed", None)
     commit = _job_commit(job)
     if commit is not None:
-        overrides["git_commit"] = commit  # a column when jobs ran different code; --where git_commit=... filters
+        overrides["git_commit"] = commit  # --where git_commit=... filters; --by-commit makes it a column
     jsonl = job / "records.jsonl"
     if jsonl.is_file():
         raw = []
@@ -126,6 +126,18 @@ def _job_records(job: Path) -> list[dict[str, Any]]:
         rec["condition"] = str(rec.get("condition", "all"))
         records.append({**overrides, **rec, OVERRIDES_KEY: tuple(overrides)})
     return records
+
+
+def drop_commit_column(records: list[dict[str, Any]]) -> list[str]:
+    """Take `git_commit` out of the group columns (in place): a sweep whose jobs started at different commits
+    of the same code is one experiment. Returns the commits seen, with their job counts, for the notes."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        if "git_commit" in rec.get(OVERRIDES_KEY, ()):
+            commit = str(rec.pop("git_commit"))
+            counts[commit] = counts.get(commit, 0) + 1
+            rec[OVERRIDES_KEY] = tuple(k for k in rec[OVERRIDES_KEY] if k != "git_commit")
+    return [f"{commit} ({n} records)" for commit, n in counts.items()]
 
 
 def collect_records(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
@@ -403,6 +415,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="keep only jobs with this override value (repeatable), e.g. model.network.hidden=64",
     )
+    parser.add_argument(
+        "--by-commit",
+        action="store_true",
+        help="group by the code commit each job ran (default: commits are listed in the notes, not a column)",
+    )
     parser.add_argument("--out", type=Path, help="output dir (default: <multirun_dir>/aggregate)")
     parser.add_argument(
         "--wandb", action="store_true", help="also log the table and plots to W&B (offline unless WANDB_MODE=online)"
@@ -416,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records, incomplete = collect_records(args.multirun_dir)
         records = select(records, args.where)
+        commits = [] if args.by_commit else drop_commit_column(records)
         cols = group_columns(records)
         if args.x is not None and args.x not in cols:
             raise UserError(
@@ -429,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(records)} records from {args.multirun_dir}"
             + (f"; {incomplete} incomplete jobs skipped" if incomplete else "")
             + (f"; every job ran with {fixed}" if fixed else "")
+            + (f"; code commit {commits[0]}" if len(commits) == 1 else "")
+            + (f"; jobs ran code commits {', '.join(commits)} (--by-commit groups by them)" if len(commits) > 1 else "")
         ]
         markdown = write_outputs(
             args.out or args.multirun_dir / "aggregate",

@@ -316,4 +316,10 @@ def test_jobs_are_grouped_and_filtered_by_the_commit_that_produced_them(lr_sweep
     records, _ = collect_records(lr_sweep)
     assert {r["git_commit"] for r in records} == {"a" * 12, "b" * 12, "b" * 12 + "+dirty"}
     assert main([str(lr_sweep), "--where", f"git_commit={'a' * 12}", "--metric", "test/weighted_f1"]) == 0
-    assert "every job ran with model.lr=0.01, git_commit=aaaaaaaaaaaa" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "every job ran with model.lr=0.01; code commit aaaaaaaaaaaa (3 records)" in out
+    assert main([str(lr_sweep), "--metric", "test/weighted_f1"]) == 0  # one experiment, whatever commit each job ran
+    out = capsys.readouterr().out
+    assert "| git_commit |" not in out and "jobs ran code commits aaaaaaaaaaaa (3 records), bbbbbbbbbbbb (2 records)" in out
+    assert main([str(lr_sweep), "--metric", "test/weighted_f1", "--by-commit"]) == 0
+    assert "| git_commit |" in capsys.readouterr().out
