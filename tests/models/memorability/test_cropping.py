@@ -12,6 +12,7 @@ from models.memorability.cropping import (
     FixedCropper,
     apply_crop,
     box_at,
+    boxes_at,
     centroids,
     smooth,
 )
@@ -112,3 +113,35 @@ def test_apply_crop_cuts_the_box_and_resizes() -> None:
     frame = np.arange(100 * 200 * 3, dtype=np.uint32).reshape(100, 200, 3).astype(np.uint8)
     assert np.array_equal(apply_crop(frame, (10, 20, 50, 25)), frame[20:45, 10:60])
     assert apply_crop(frame, (10, 20, 50, 25), (100, 50)).shape == (50, 100, 3)
+
+
+def _box_by_hand(center, scale: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box rule written out per box with Python's round (half to even, as numpy's)."""
+    w = min(max(round(scale * width), 1), width)
+    h = min(max(round(w * height / width), 1), height)
+    x = min(max(round(center[0] * width - w / 2), 0), width - w)
+    y = min(max(round(center[1] * height - h / 2), 0), height - h)
+    return x, y, w, h
+
+
+def test_vectorised_boxes_equal_the_rule_box_by_box() -> None:
+    rng = np.random.default_rng(0)
+    centers, scales = rng.uniform(-0.2, 1.2, (500, 2)), rng.uniform(0.01, 1.0, 500)
+    for width, height in ((640, 272), (176, 144), (33, 17)):
+        expected = [_box_by_hand(c, float(s), width, height) for c, s in zip(centers, scales)]
+        assert boxes_at(centers, scales, width, height).tolist() == [list(b) for b in expected]
+
+
+def test_dynamic_size_scales_equal_a_per_frame_search() -> None:
+    """The all-frames-at-once integral-image search picks, per frame, the smallest scale whose box holds `mass`."""
+    maps = np.random.default_rng(1).random((12, 30, 50)) ** 6
+    cropper = DynamicSizeCropper(0.7, mass=0.5, scales=9)
+    path = cropper.path(maps)
+    for t in range(len(maps)):
+        total = maps[t].sum()
+        held = [
+            maps[t][y : y + h, x : x + w].sum() / total
+            for x, y, w, h in (_box_by_hand(path[t], s, 50, 30) for s in cropper.scales)
+        ]
+        first = next((i for i, share in enumerate(held) if share >= 0.5), len(held) - 1)
+        assert cropper.frame_scales(maps, path)[t] == cropper.scales[first]
