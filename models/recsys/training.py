@@ -83,6 +83,9 @@ def train_one_epoch(
 ) -> float:
     """One shuffled pass; returns the mean batch loss."""
     order = torch.randperm(len(samples), generator=generator)
+    # one gather per column up front, then contiguous slices: the same batches as indexing each batch by
+    # `order`, without three random gathers per batch over ~1.6 M TCD samples
+    users, items, ratings = samples.users[order], samples.items[order], samples.ratings[order]
     total, batches = 0.0, 0
     fast = (
         extra_loss is None
@@ -91,14 +94,14 @@ def train_one_epoch(
         and hasattr(optimizer, "step_rows")
     )
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+        batch = slice(start, start + batch_size)
         if fast:  # plain MF + TF1 Adadelta: analytic row gradients, no autograd (same maths, tested)
-            loss, updates = model.row_gradients(samples.users[idx], samples.items[idx], samples.ratings[idx])
+            loss, updates = model.row_gradients(users[batch], items[batch], ratings[batch])
             optimizer.step_rows(updates)
             total += float(loss)
             batches += 1
             continue
-        loss = loss_fn(model, samples.users[idx], samples.items[idx], samples.ratings[idx], epoch)
+        loss = loss_fn(model, users[batch], items[batch], ratings[batch], epoch)
         if extra_loss is not None:
             loss = loss + extra_loss(model)
         optimizer.zero_grad(set_to_none=True)
