@@ -73,6 +73,46 @@ def time_prefill_decode(model: nn.Module, prompt: Tensor, decode_steps: int, rep
 
 
 @torch.no_grad()
+def layer_time_share(model: nn.Module, prompt: Tensor, decode_steps: int, repeats: int = 3) -> dict[str, float]:
+    """Share of decode (and prefill) time spent inside the decoder layers of the unmodified model.
+
+    CQIL's ideal reduction (E - S)(1 - 1/P) / L is a share of the *layer* time; embeddings, the final
+    norm and the LM head (on SmolLM2-135M a 49k x 576 matmul per token) are not parallelised, so the
+    whole-model ideal ratio is 1 - share x (E - S)(1 - 1/P) / L. Timed with hooks around each layer."""
+    from models.cqil.plugin import decoder_of
+
+    layers = decoder_of(model).layers
+    spent, started = [0.0], [0.0]
+
+    def before(module, args, kwargs):  # noqa: ANN001 - torch hook signature
+        started[0] = time.perf_counter()
+
+    def after(module, args, kwargs, output):  # noqa: ANN001
+        spent[0] += time.perf_counter() - started[0]
+
+    handles = [layer.register_forward_pre_hook(before, with_kwargs=True) for layer in layers]
+    handles += [layer.register_forward_hook(after, with_kwargs=True) for layer in layers]
+    shares: dict[str, list[float]] = {"prefill": [], "decode": []}
+    try:
+        for _ in range(repeats):
+            spent[0] = 0.0
+            start = time.perf_counter()
+            out = model(prompt, use_cache=True)
+            shares["prefill"].append(spent[0] / (time.perf_counter() - start))
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            spent[0] = 0.0
+            start = time.perf_counter()
+            for _ in range(decode_steps):
+                out = model(token, past_key_values=cache, use_cache=True)
+                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            shares["decode"].append(spent[0] / (time.perf_counter() - start))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {f"layer_share_{k}": statistics.median(v) for k, v in shares.items()}
+
+
+@torch.no_grad()
 def time_variants(
     model: nn.Module, variants: dict[str, nn.ModuleList], prompt: Tensor, decode_steps: int, repeats: int, warmup: int
 ) -> dict[str, dict[str, float]]:
