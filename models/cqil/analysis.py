@@ -82,35 +82,60 @@ def propose_region(
     similarity_bound: float,
     max_ppl_rise: float,
     ppl_rise_of: Callable[[CQILSpec], float],
-    max_evaluations: int = 6,
+    max_evaluations: int = 8,
     min_width: int | None = None,
 ) -> Proposal | None:
     """The widest window (S, E) for P whose every group has pairwise member-input similarity >=
     `similarity_bound` AND whose measured relative perplexity rise (`ppl_rise_of`) is <= `max_ppl_rise`.
 
-    Candidates go widest first, most similar first within a width; at most `max_evaluations`
-    perplexity checks are made (each costs a pass over the calibration windows). None = nothing passes."""
+    Each perplexity check costs a pass over the calibration windows, so the search assumes that a window
+    containing another degrades at least as much (held on every window measured on SmolLM2: (26, 28)
+    +1.8 % < (24, 28) +11.6 % < (20, 28) +20 % < ...). For each end E, latest first, it binary-searches the
+    start among the windows that pass the similarity bound: a failing narrowest window rules out the whole
+    end in one check (as E = L does), a passing one is widened in O(log) checks. At most
+    `max_evaluations` checks in all. None = nothing passes."""
     if parallel_degree < 2:
         raise UserError(f"parallel_degree={parallel_degree}: must be >= 2")
     num_layers = similarity.size(0) - 1
-    candidates = []
+    min_width = parallel_degree if min_width is None else min_width
+    by_end: dict[int, list[tuple[int, float, CQILSpec]]] = {}
     for start in range(num_layers):
         for end in range(start + parallel_degree, num_layers + 1, parallel_degree):
+            if end - start < min_width:
+                continue
             spec = CQILSpec(start, end, parallel_degree)
             worst = min(float(similarity[a, b]) for g in spec.groups() for a in g for b in g)
             if worst >= similarity_bound:
-                candidates.append((end - start, worst, spec))
-    candidates.sort(key=lambda c: (-c[0], -c[1]))
-    min_width = parallel_degree if min_width is None else min_width
+                by_end.setdefault(end, []).append((end - start, worst, spec))
+    best: Proposal | None = None
     evaluated = 0
-    for width, worst, spec in candidates:
-        if width < min_width or evaluated >= max_evaluations:
-            break
+    for end in sorted(by_end, reverse=True):
+        windows = sorted(by_end[end], key=lambda c: c[0])  # narrow -> wide: each contains the previous
+        if best is not None:
+            windows = [w for w in windows if w[0] > best.end - best.start]  # only a wider window can do better
+        if not windows or evaluated >= max_evaluations:
+            continue
+        width, worst, spec = windows[0]  # the narrowest first: if it fails, every window ending here fails
         rise = ppl_rise_of(spec)
         evaluated += 1
-        if rise <= max_ppl_rise:
-            return Proposal(spec.start, spec.end, worst, rise, evaluated)
-    return None
+        if rise > max_ppl_rise:
+            continue
+        if best is None or width > best.end - best.start:
+            best = Proposal(spec.start, spec.end, worst, rise, evaluated)
+        low, high = 1, len(windows) - 1
+        while low <= high and evaluated < max_evaluations:
+            middle = (low + high) // 2
+            width, worst, spec = windows[middle]
+            rise = ppl_rise_of(spec)
+            evaluated += 1
+            if rise <= max_ppl_rise:
+                best = Proposal(spec.start, spec.end, worst, rise, evaluated)
+                low = middle + 1
+            else:
+                high = middle - 1
+    if best is not None:
+        best = Proposal(best.start, best.end, best.min_similarity, best.ppl_rise, evaluated)
+    return best
 
 
 def layers_to_remove(similarity: Tensor, count: int, keep_first: int = 1) -> list[int]:
