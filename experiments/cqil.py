@@ -331,9 +331,11 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         def rise(spec: CQILSpec) -> float:
             apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree)
             try:
-                return perplexity(lm.model, calib) / calib_base - 1.0
+                value = perplexity(lm.model, calib) / calib_base - 1.0
             finally:
                 remove_cqil(lm.model)
+            log.info("rule: %s calibration ppl rise %+.1f %%", spec.name, 100 * value)
+            return value
 
         proposal = propose_region(
             similarity,
@@ -354,6 +356,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
                     f"{key}/end": proposal.end,
                     f"{key}/calibration_ppl_rise": proposal.ppl_rise,
                     f"{key}/min_similarity": proposal.min_similarity,
+                    f"{key}/evaluations": proposal.evaluated,
                 }
             )
 
