@@ -48,6 +48,7 @@ def validate(cfg: DictConfig) -> Callable[[DictConfig, RunContext], TaskResult]:
     """Fail early, in one line, on a bad seed, task runner or `_target_` node."""
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed={cfg.get('seed')!r} must be an integer")
+    check_key_ranges(cfg)  # before any import of the task: a plain bad value answers without loading torch
     runner_path = cfg.task.get("runner")
     try:
         from hydra.utils import get_method
@@ -57,7 +58,6 @@ def validate(cfg: DictConfig) -> Callable[[DictConfig, RunContext], TaskResult]:
         raise UserError(
             f"task.runner={runner_path!r} is not an importable function; fix conf/task/{cfg.task.get('name')}.yaml"
         ) from None
-    check_key_ranges(cfg)
     check_targets(cfg)
     keep_wandb_offline_when_it_cannot_go_online(cfg)
     warn_unread_additions()
