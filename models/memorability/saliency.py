@@ -48,14 +48,18 @@ class SaliencyModel(ABC):
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         small = self.resize(frame)
-        raw = np.asarray(self._compute(small), dtype=np.float32)
-        if small.max() == small.min():  # a constant frame has no salient place (spectral residual returns noise)
+        raw = np.array(self._compute(small), dtype=np.float32)  # a private copy: cleaned in place below
+        low, high = (small.min(), small.max()) if small.ndim == 3 else cv2.minMaxLoc(small)[:2]  # one pass on grey
+        if low == high:  # a constant frame has no salient place (spectral residual returns noise)
             raw = np.zeros(small.shape[:2], np.float32)
         if raw.shape != small.shape[:2]:
             raw = cv2.resize(raw, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_LINEAR)
-        raw = np.nan_to_num(np.maximum(raw, 0.0))
+        np.nan_to_num(np.maximum(raw, 0.0, out=raw), copy=False)
         total = float(raw.sum())
-        return raw / total if total > 0 else np.full(raw.shape, 1.0 / raw.size, dtype=np.float32)
+        if total > 0:
+            raw /= total
+            return raw
+        return np.full(raw.shape, 1.0 / raw.size, dtype=np.float32)
 
     def maps(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Maps of a clip's frames, (T, h, w), each summing to 1."""
