@@ -164,6 +164,24 @@ def test_squeue_lines_are_read_as_job_states() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("state", "done"),
+    [
+        ("REQUEUE_HOLD", False),
+        ("REQUEUED", False),
+        ("SUSPENDED", False),
+        ("RUNNING", False),
+        ("COMPLETED", True),
+        ("FAILED", True),
+    ],
+)
+def test_a_requeued_or_held_job_is_not_taken_for_finished(state: str, done: bool) -> None:
+    """A time-out requeue passes through states submitit's own list does not know; the launcher keeps waiting."""
+    watcher = StatusWatcher()
+    watcher._info_dict = {"9": {"State": state}}
+    assert watcher.is_done("9", mode="cache") is done
+
+
 @pytest.mark.slurm
 def test_two_job_sweep_on_slurm_equals_the_basic_launcher(slurm_cluster, tmp_path: Path) -> None:
     args = ("-m", "seed=0,1", *TINY, "trainer.max_epochs=3")
