@@ -172,7 +172,8 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     train_val = np.concatenate([split["train"], split["val"]])
 
     ridge = instantiate(cfg.model.ridge).fit(means[train_val], y[train_val])
-    ridge_test = spearman(ridge.predict(means[split["test"]]), y[split["test"]])
+    ridge_predictions = ridge.predict(means[split["test"]])
+    ridge_test = spearman(ridge_predictions, y[split["test"]])
 
     words_cfg = cfg.model.get("word_features")
     words = caption_words(data.captions, split["train"], **words_cfg) if words_cfg else np.zeros((len(y), 0), np.float32)
@@ -200,14 +201,15 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     predictor = LitPredictor(module)
     val_rho = spearman(predictor.predict(inputs[split["val"]]), y[split["val"]])
-    test_rho = spearman(predictor.predict(inputs[split["test"]]), y[split["test"]])
+    regressor_predictions = predictor.predict(inputs[split["test"]])
+    test_rho = spearman(regressor_predictions, y[split["test"]])
 
     ctx.write_artifact(
         "test_predictions.csv",
         _csv(
             [
                 {"video_id": data.video_ids[j], "score": y[j], "ridge": r, "regressor": p}
-                for j, r, p in zip(split["test"], ridge.predict(means[split["test"]]), predictor.predict(inputs[split["test"]]))
+                for j, r, p in zip(split["test"], ridge_predictions, regressor_predictions)
             ],
             ["video_id", "score", "ridge", "regressor"],
         ),

@@ -53,6 +53,14 @@ def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[i
     return same / max(1, sum(len(r) for r in reference))
 
 
+def _greedy_decode(model: nn.Module, out, steps: int) -> None:
+    """`steps` greedy tokens with the KV cache, continuing from a forward pass's output."""
+    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    for _ in range(steps):
+        out = model(token, past_key_values=cache, use_cache=True)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+
 @torch.no_grad()
 def time_prefill_decode(model: nn.Module, prompt: Tensor, decode_steps: int, repeats: int, warmup: int) -> dict[str, float]:
     """Median seconds of a prefill over `prompt` (1, T) and median seconds per decoded token."""
@@ -61,10 +69,7 @@ def time_prefill_decode(model: nn.Module, prompt: Tensor, decode_steps: int, rep
         start = time.perf_counter()
         out = model(prompt, use_cache=True)
         mid = time.perf_counter()
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(decode_steps):
-            out = model(token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        _greedy_decode(model, out, decode_steps)
         end = time.perf_counter()
         if run >= warmup:
             prefill.append(mid - start)
@@ -99,12 +104,9 @@ def layer_time_share(model: nn.Module, prompt: Tensor, decode_steps: int, repeat
             start = time.perf_counter()
             out = model(prompt, use_cache=True)
             shares["prefill"].append(spent[0] / (time.perf_counter() - start))
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
             spent[0] = 0.0
             start = time.perf_counter()
-            for _ in range(decode_steps):
-                out = model(token, past_key_values=cache, use_cache=True)
-                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            _greedy_decode(model, out, decode_steps)
             shares["decode"].append(spent[0] / (time.perf_counter() - start))
     finally:
         for handle in handles:
