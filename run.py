@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 import experiments.quiet
 import experiments.resolvers  # noqa: F401  (registers ${wandb_offline:}, ${sweep_group:}, ${run_id:})
+from experiments.cli_errors import call_with_one_line_errors, task_started
 from experiments.runner import run_task
 
 experiments.quiet.install()
@@ -21,8 +22,9 @@ experiments.quiet.install()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    task_started()
     return run_task(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":
-    main()
+    call_with_one_line_errors(main)

@@ -19,7 +19,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED_STATUS = {"config error (dataset.n_train=abc)": 2, "range error (seed=-1)": 2}  # the rest must succeed
+EXPECTED_STATUS = {
+    "config error (dataset.n_train=abc)": 2,
+    "range error (seed=-1)": 2,
+    "unknown option (model=nope)": 2,
+}  # the rest must succeed
 FITS = {
     "python run.py (quick XOR), logger=wandb",
     "python run.py (quick XOR), logger=none",
@@ -32,6 +36,7 @@ COMMANDS = {
     "--cfg job": ["--cfg", "job"],
     "config error (dataset.n_train=abc)": ["dataset.n_train=abc"],
     "range error (seed=-1)": ["seed=-1"],
+    "unknown option (model=nope)": ["model=nope"],
     "python run.py (quick XOR), logger=wandb": [],
     "python run.py (quick XOR), logger=none": ["logger=none"],
     "experiment=nonneg_xor, logger=wandb": ["experiment=nonneg_xor"],

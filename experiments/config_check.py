@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hydra.utils import get_object
@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.errors import UserError
 from common.ranges import Range
+from experiments.source_signatures import TargetSignature, is_certainly_missing, source_signature
 
 # Ranges for parameters of other libraries' classes, matched by class-path prefix and parameter name.
 TARGET_RANGES: dict[tuple[str, str], Range] = {
@@ -84,6 +85,11 @@ def _strip_annotated(hint: Any) -> Any:
 
 
 def _describe(hint: Any) -> str:
+    """`int | None`, `float | Tensor`, `Literal['a', 'b']`: how a person would write the type."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join("None" if h is type(None) else _describe(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -112,9 +118,8 @@ def check_key_ranges(cfg: DictConfig, ranges: dict[str, Range] | None = None) ->
             raise UserError(f"{key}={value!r} {problem}; fix the value")
 
 
-def check_target_node(node: DictConfig, key: str) -> None:
-    """Check one `_target_` node's keys and value types against the target's signature."""
-    target_path = node._target_
+def imported_signature(target_path: str, key: str) -> TargetSignature:
+    """The signature of the imported target (imports its module: torch, Lightning, ...)."""
     try:
         target = get_object(target_path)
     except Exception as exc:  # hydra raises several types for a bad import path
@@ -126,15 +131,41 @@ def check_target_node(node: DictConfig, key: str) -> None:
     except Exception:  # unresolvable forward references: fall back to no type information
         hints = {}
     params = signature.parameters
-    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return TargetSignature(
+        params={
+            name: hints.get(name, p.annotation)
+            for name, p in params.items()
+            if name != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        },
+        accepts_kwargs=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()),
+    )
+
+
+def read_signature(target_path: str, key: str) -> TargetSignature | None:
+    """The signature read from the target's source file without importing it; None when unknown."""
+    if is_certainly_missing(target_path):
+        raise UserError(f"{key}._target_: cannot import '{target_path}' (ImportError); fix the path")
+    return source_signature(target_path)
+
+
+SignatureOf = Callable[[str, str], "TargetSignature | None"]
+
+
+def check_target_node(node: DictConfig, key: str, signature_of: SignatureOf = imported_signature) -> None:
+    """Check one `_target_` node's keys and value types against the target's signature."""
+    target_path = node._target_
+    signature = signature_of(target_path, key)
+    if signature is None:
+        return
+    params = signature.params
     for name in node:
         if str(name).startswith("_") and str(name).endswith("_"):
             continue
         full_key = f"{key}.{name}" if key else str(name)
         if name not in params:
-            if accepts_kwargs:
+            if signature.accepts_kwargs:
                 continue
-            valid = ", ".join(p for p in params if p != "self")
+            valid = ", ".join(params)
             raise UserError(f"{full_key}: '{name}' is not a parameter of {target_path} (valid: {valid})")
         if OmegaConf.is_missing(node, name):
             continue
@@ -146,27 +177,28 @@ def check_target_node(node: DictConfig, key: str) -> None:
             continue  # resolvable only inside a running job (e.g. ${hydra:...}); checked there
         if isinstance(value, DictConfig) and "_target_" in value:
             continue  # a nested object; checked on its own
-        hint = hints.get(name, params[name].annotation)
+        hint = params[name]
         if _matches(value, _strip_annotated(hint)) is False:
             raise UserError(
                 f"{full_key}={value!r}{source} has type {type(value).__name__}, but {target_path} expects {_describe(_strip_annotated(hint))}; fix the value"
             )
-        bound = _range_of(hints.get(name, params[name].annotation), target_path, str(name))
+        bound = _range_of(hint, target_path, str(name))
         problem = bound.violation(value) if bound is not None else None
         if problem:
             raise UserError(f"{full_key}={value!r}{source} {problem} ({target_path}); fix the value")
 
 
-def check_targets(cfg: DictConfig, roots: Iterable[str] | None = None) -> None:
+def check_targets(cfg: DictConfig, roots: Iterable[str] | None = None, signature_of: SignatureOf = imported_signature) -> None:
     """Check every `_target_` node under the given top-level keys (recursively); all keys but `hydra`
-    by default, so a task's own groups (e.g. `polarity.source.dataset`) are checked like `model`."""
+    by default, so a task's own groups (e.g. `polarity.source.dataset`) are checked like `model`.
+    With `signature_of=read_signature` nothing is imported (the fast pass before the task loads)."""
     if roots is None:
         roots = [key for key in cfg if key != "hydra"]
 
     def walk(node: Any, key: str) -> None:
         if isinstance(node, DictConfig):
             if "_target_" in node:
-                check_target_node(node, key)
+                check_target_node(node, key, signature_of)
             for child in node:
                 child_node = node._get_node(child)
                 if isinstance(child_node, (DictConfig, ListConfig)):

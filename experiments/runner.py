@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from common.errors import UserError
 from common.files import atomic_write_text
 from common.values import json_number, plain_record, plain_value
-from experiments.config_check import check_key_ranges, check_targets
+from experiments.config_check import check_key_ranges, check_targets, read_signature
 from experiments.run_context import RunContext, is_global_zero
 from experiments.run_dir import RunDirLock, check_resume_config, remove_stale_results
 
@@ -49,6 +49,7 @@ def validate(cfg: DictConfig) -> Callable[[DictConfig, RunContext], TaskResult]:
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed={cfg.get('seed')!r} must be an integer")
     check_key_ranges(cfg)  # before any import of the task: a plain bad value answers without loading torch
+    check_targets(cfg, signature_of=read_signature)  # the same, for `_target_` nodes whose source can be read
     runner_path = cfg.task.get("runner")
     try:
         from hydra.utils import get_method

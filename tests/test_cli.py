@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from experiments.aggregate import main as aggregate_main
+from tests.conftest import REPO, cli_env
 from tests.wandb_records import summary_config_group
 
 FAST = ("debug=fast",)
@@ -151,3 +154,36 @@ def test_asking_for_a_gpu_without_one_names_the_trainer(run_cli, tmp_path: Path)
     assert "error: Error in call to target 'lightning.pytorch.trainer.trainer.Trainer'" in result.stderr
     assert "No supported gpu backend found" in result.stderr and "full_key: trainer" in result.stderr
     assert "Traceback" not in result.stderr and not list(tmp_path.rglob("metrics.json"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("model=nope",), "error: In 'task/polarity': Could not find 'model/nope'; options in 'model': "),
+        (
+            ("task=nope",),
+            "error: In 'config': Could not find 'task/nope'; options in 'task': cqil, erc, memorability, polarity, recsys",
+        ),
+        (
+            ("model.nope=1",),
+            "error: Could not override 'model.nope'. To append to your config use +model.nope=1 (Key 'nope' is not in struct)",
+        ),
+        (("model.network._target_=models.nowhere.Net",), "error: model.network._target_: cannot import 'models.nowhere.Net'"),
+        (("dataset.n_train=abc",), "error: dataset.n_train='abc' has type str, but data.xor.XorDataModule expects int"),
+    ],
+)
+def test_composition_and_config_errors_are_one_line_with_exit_status_2(run_cli, args: tuple[str, ...], message: str) -> None:
+    result = run_cli(*args, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]
+    assert result.stderr.startswith(message)
+
+
+def test_a_config_error_answers_before_torch_is_imported() -> None:
+    """The static signature pass catches a bad value without loading torch (the import alone takes seconds)."""
+    probe = subprocess.run(
+        [sys.executable, "-X", "importtime", "run.py", "dataset.n_train=abc"],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert probe.returncode == 2
+    assert not [line for line in probe.stderr.splitlines() if line.rstrip().endswith("| torch")]

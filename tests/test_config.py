@@ -7,7 +7,7 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from common.errors import UserError
-from experiments.config_check import check_targets
+from experiments.config_check import check_targets, imported_signature, read_signature
 from tests.conftest import CONF, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -17,9 +17,10 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def composed(*overrides: str):
+def composed(*overrides: str, signature_of=imported_signature):
     cfg = compose_config(list(overrides))
-    check_targets(cfg)
+    check_targets(cfg, signature_of=read_signature)  # the fast pass must accept every shipped config
+    check_targets(cfg, signature_of=signature_of)
     for key in ("model", "dataset", "task"):
         OmegaConf.resolve(cfg[key])
     return cfg
@@ -111,6 +112,9 @@ def test_wandb_runs_are_tagged_with_task_model_dataset() -> None:
         ("model.network._target_=models.nowhere.Net", r"model.network._target_: cannot import 'models.nowhere.Net'"),
     ],
 )
-def test_wrong_types_and_keys_name_the_key(override: str, message: str) -> None:
+@pytest.mark.parametrize("signature_of", [read_signature, imported_signature], ids=["from_source", "imported"])
+def test_wrong_types_and_keys_name_the_key(override: str, message: str, signature_of) -> None:
+    """Both passes name the key: the one that reads source files (before torch loads) and the import one."""
+    cfg = compose_config([override])
     with pytest.raises(UserError, match=message):
-        composed(override)
+        check_targets(cfg, signature_of=signature_of)
