@@ -1,6 +1,6 @@
 """Crop pipeline frames/s against decode-only frames/s on the same clip, and ResMem frames/s, in one process.
 
-    python bench/memorability_fps.py [--clip PATH] [--saliency spectral_residual] [--repeats 3]
+    python bench/memorability_fps.py [--clip PATH] [--saliency spectral_residual] [--repeats 21]
                                      [--resmem-frames 8] [--threads N] [--out FILE]
 
 Decode-only = OpenCV reading every frame. Pipeline = decode + saliency on every frame + one crop's
@@ -83,7 +83,7 @@ def main() -> None:
     )
     parser.add_argument("--clip", type=Path, default=default_clip)
     parser.add_argument("--saliency", default="spectral_residual", choices=sorted(SALIENCY))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--resmem-frames", type=int, default=8, help="0 skips the ResMem measurement")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
