@@ -276,11 +276,21 @@ def synthetic_corpus(
     Labels follow a Markov chain along the dialogue (probability `stay` of keeping the previous one), so
     context helps. Modality m's feature = signal[m] * prototype_m[label] + N(0, noise^2). `degrade`
     ({modality, noise_std, drop_prob}) lowers one modality's quality in every split: extra Gaussian
-    noise and utterances whose feature vector is zeroed with probability drop_prob.
+    noise and utterances whose feature vector is zeroed with probability drop_prob, in the splits listed
+    in `degrade.splits` (default all; `[test]` = a model trained on clean data meets a worse modality at
+    test time). Degradation draws from its own random stream, so every clean feature, label and speaker
+    is the same at every degradation level: runs that differ only in `degrade` are paired.
     """
     dims = dict(dims or {"text": 32, "audio": 16, "visual": 16})
     signal = dict(signal or {m: 1.0 for m in dims})
+    degrade = dict(degrade or {})
+    degraded_splits = set(degrade.get("splits") or SPLITS)
+    if not degraded_splits <= set(SPLITS):
+        raise UserError(f"dataset.corpus.degrade.splits={sorted(degraded_splits)} must name splits among {list(SPLITS)}")
+    if degrade.get("modality") and degrade["modality"] not in dims:
+        raise UserError(f"dataset.corpus.degrade.modality={degrade['modality']!r} is not one of the modalities {list(dims)}")
     rng = np.random.default_rng(seed)
+    degrade_rng = np.random.default_rng([seed, 1])
     prototypes = {m: rng.normal(0, 1, (num_classes, d)) for m, d in dims.items()}
     splits = {}
     for split, count in zip(SPLITS, num_dialogues):
@@ -294,10 +304,11 @@ def synthetic_corpus(
             feats = {
                 m: (signal[m] * prototypes[m][labels] + rng.normal(0, noise, (n, d))).astype(np.float32) for m, d in dims.items()
             }
-            if degrade and degrade.get("modality"):
+            if degrade.get("modality") and split in degraded_splits:
                 m = degrade["modality"]
-                feats[m] = feats[m] + rng.normal(0, float(degrade.get("noise_std", 0.0)), feats[m].shape).astype(np.float32)
-                feats[m][rng.random(n) < float(degrade.get("drop_prob", 0.0))] = 0.0
+                noise_std, drop_prob = float(degrade.get("noise_std", 0.0)), float(degrade.get("drop_prob", 0.0))
+                feats[m] = feats[m] + degrade_rng.normal(0, noise_std, feats[m].shape).astype(np.float32)
+                feats[m][degrade_rng.random(n) < drop_prob] = 0.0
             dialogues.append(Dialogue(f"{split}_{i}", rng.integers(num_speakers, size=n).astype(np.int64), labels, feats))
         splits[split] = dialogues
     return _finish(splits, [f"c{k}" for k in range(num_classes)], num_speakers, "synthetic")

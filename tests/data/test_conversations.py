@@ -191,6 +191,22 @@ def test_synthetic_degradation_touches_only_its_modality():
     assert np.std(b.features["audio"]) > 2 * np.std(a.features["audio"])
 
 
+def test_test_time_degradation_leaves_train_and_valid_identical_to_the_clean_corpus():
+    """Runs at different degradation levels train on the same data: only the listed splits change."""
+    clean = synthetic_corpus(num_dialogues=(3, 2, 2), seed=4)
+    noisy = synthetic_corpus(num_dialogues=(3, 2, 2), seed=4, degrade={"modality": "audio", "noise_std": 3.0, "splits": ["test"]})
+    for split in ("train", "valid"):
+        for a, b in zip(clean.splits[split], noisy.splits[split]):
+            for m in a.features:
+                np.testing.assert_array_equal(a.features[m], b.features[m])
+    for a, b in zip(clean.splits["test"], noisy.splits["test"]):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.features["text"], b.features["text"])
+        assert not np.allclose(a.features["audio"], b.features["audio"])
+    with pytest.raises(UserError, match="degrade.splits"):
+        synthetic_corpus(num_dialogues=(1, 1, 1), degrade={"modality": "audio", "splits": ["dev"]})
+
+
 # ------------------------------------------------------------------------------------------ text features
 def test_text_cache_is_read_and_keyed_by_content(tmp_path, monkeypatch):
     sentences = ["I am happy.", "I am sad."]
