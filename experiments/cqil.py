@@ -85,9 +85,18 @@ class Scorer:
         return out
 
 
+# Latency modes that run in spawned ranks, and the transport of their per-token collectives.
+DISTRIBUTED_LATENCY_MODES = {"distributed": "dist", "distributed_shm": "shm"}
+LATENCY_MODES = ("sequential", "fused", *DISTRIBUTED_LATENCY_MODES)
+
+
 def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) -> dict[str, dict[str, float]]:
     """Median prefill / decode seconds of the original and of each (spec, mode) on `threads` threads;
-    distributed mode runs in `world_size` spawned processes (one thread each) measured on rank 0."""
+    the distributed modes run in `world_size` spawned processes (one thread each) measured on rank 0:
+    `distributed` over torch.distributed (gloo / NCCL), `distributed_shm` over shared memory."""
+    unknown = [m for m in modes if m not in LATENCY_MODES]
+    if unknown:
+        raise UserError(f"cqil.latency.modes: {unknown} not among {list(LATENCY_MODES)}")
     lat = cfg.cqil.latency
     vocab = int(lm.model.get_input_embeddings().num_embeddings)
     prompt = torch.randint(0, vocab, (1, int(lat.prompt_tokens)), generator=torch.Generator().manual_seed(0))
@@ -96,7 +105,7 @@ def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) 
     decoder = decoder_of(lm.model)
     variants = {"original": decoder.layers}
     for spec in specs:
-        for mode in (m for m in modes if m != "distributed"):
+        for mode in (m for m in modes if m not in DISTRIBUTED_LATENCY_MODES):
             apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree, spec.bypass_distance, mode=mode)
             variants[f"{spec.name}/{mode}"] = decoder.layers
             remove_cqil(lm.model)
@@ -104,22 +113,25 @@ def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) 
         table = time_variants(lm.model, variants, prompt, int(lat.decode_steps), int(lat.repeats), int(lat.warmup))
     finally:
         torch.set_num_threads(threads)
-    if "distributed" in modes:
+    loader = OmegaConf.to_container(cfg.model.loader, resolve=True)
+    capacity = int(lat.prompt_tokens) * int(lm.model.config.hidden_size)  # the largest tensor a collective carries
+    for mode in (m for m in modes if m in DISTRIBUTED_LATENCY_MODES):
         from models.cqil.distributed import spawn
 
-        loader = OmegaConf.to_container(cfg.model.loader, resolve=True)
-        job = functools.partial(distributed_latency_job, loader, [s.__dict__ for s in specs], prompt, dict(lat))
-        for key, value in spawn(job, world_size=int(lat.world_size), threads=1).items():
-            table[key] = value
+        job = functools.partial(distributed_latency_job, loader, [s.__dict__ for s in specs], prompt, dict(lat), mode)
+        comm = DISTRIBUTED_LATENCY_MODES[mode]
+        table.update(spawn(job, world_size=int(lat.world_size), threads=1, comm=comm, shm_capacity=capacity))
     return table
 
 
-def distributed_latency_job(loader: dict, specs: list[dict], prompt: torch.Tensor, lat: dict, rank: int, world: int) -> dict:
+def distributed_latency_job(
+    loader: dict, specs: list[dict], prompt: torch.Tensor, lat: dict, mode: str, rank: int, world: int
+) -> dict:
     """Runs on every rank: time the original (all ranks busy alike), then each spec in distributed
-    mode; rank 0's medians are returned. Also returns the max |logit| gap to sequential mode."""
+    mode; rank 0's medians are returned, keyed by `mode`. Also returns the max |logit| gap to sequential mode."""
     lm = instantiate(loader)
     decoder = decoder_of(lm.model)
-    variants, gaps = {"original@distributed": decoder.layers}, {}
+    variants, gaps = {f"original@{mode}": decoder.layers}, {}
     with torch.no_grad():
         for raw in specs:
             spec = CQILSpec(**raw)
@@ -128,11 +140,11 @@ def distributed_latency_job(loader: dict, specs: list[dict], prompt: torch.Tenso
             remove_cqil(lm.model)
             apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree, spec.bypass_distance, mode="distributed")
             gaps[spec.name] = float((lm.model(prompt).logits - sequential).abs().max())
-            variants[f"{spec.name}/distributed"] = decoder.layers
+            variants[f"{spec.name}/{mode}"] = decoder.layers
             remove_cqil(lm.model)
     table = time_variants(lm.model, variants, prompt, int(lat["decode_steps"]), int(lat["repeats"]), int(lat["warmup"]))
     for name, gap in gaps.items():
-        table[f"{name}/distributed"]["max_logit_gap_vs_sequential"] = gap
+        table[f"{name}/{mode}"]["max_logit_gap_vs_sequential"] = gap
     return table
 
 
@@ -369,12 +381,12 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
             values = {"ideal_latency_ratio": spec.ideal_latency_ratio(num_layers)}
             for mode in lat.modes:
                 entry = table.get(f"{spec.name}/{mode}")
-                ref = table["original@distributed" if mode == "distributed" else "original"]
+                ref = table[f"original@{mode}" if mode in DISTRIBUTED_LATENCY_MODES else "original"]
                 if entry is not None:
                     values[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
                     values[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
                     if "max_logit_gap_vs_sequential" in entry:
-                        values["distributed_max_logit_gap"] = entry["max_logit_gap_vs_sequential"]
+                        values[f"{mode}_max_logit_gap"] = entry["max_logit_gap_vs_sequential"]
             metrics.update({f"{spec.name}/{k}": v for k, v in values.items()})
             records.append(
                 {

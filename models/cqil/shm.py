@@ -1,0 +1,128 @@
+"""Collectives for ranks that are processes on one CPU host, through shared memory.
+
+CQIL's distributed mode needs one all-reduce per group and one broadcast per region, per token. With
+gloo on one host each of those goes through TCP and costs 0.3-1 ms, which is most of a decode step of
+a small model on CPU (SmolLM2-135M: ~1.3 ms per layer). Here every rank maps the same file in
+/dev/shm; a collective is: write your part, publish a step counter, spin until every rank has
+published it, read. That costs microseconds, so the CPU emulation of P devices measures CQIL's
+concurrency rather than the transport. NCCL on GPUs needs none of this.
+
+Ordering: data is written before the step counter and read after it, and x86-64 keeps stores (and
+loads) in program order, so a rank that sees the counter sees the data. Other CPUs may reorder, so
+this transport refuses to start there (use gloo). Two buffers alternate between consecutive
+collectives: a rank can only start collective s + 1 after every rank published s, i.e. after
+everyone finished reading s - 1, the previous user of that buffer.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from common.errors import UserError
+
+_FLOAT_BYTES = 4
+_FLAG_SLOTS = 16  # int64 counters: one per rank, each on its own 128-byte line (no false sharing)
+
+
+def shared_memory_dir() -> Path:
+    return Path(os.environ.get("FIVEFOLD_SHM_DIR", "/dev/shm"))
+
+
+class SharedMemoryCollectives:
+    """broadcast / all_reduce(SUM) over float32 tensors of up to `capacity` elements, same-host ranks.
+
+    Every rank sums the parts in rank order, so all ranks get bit-identical results (as with gloo)."""
+
+    def __init__(self, path: Path, rank: int, world: int, capacity: int) -> None:
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            raise UserError(f"cqil.comm=shm needs an x86-64 CPU (this one is {platform.machine()}); use cqil.comm=dist")
+        self.rank, self.world, self.capacity, self.step = rank, world, int(capacity), 0
+        size = 2 * world * self.capacity + world * _FLAG_SLOTS * 2  # floats: 2 buffers + flags as int64 pairs
+        storage = torch.from_file(str(path), shared=True, size=size, dtype=torch.float32)
+        self.buffers = storage[: 2 * world * self.capacity].view(2, world, self.capacity)
+        self.flags = storage[2 * world * self.capacity :].view(torch.int64).view(world, _FLAG_SLOTS)[:, 0]
+
+    @classmethod
+    def create(cls, capacity: int) -> SharedMemoryCollectives:
+        """Called on every rank of an initialised process group: rank 0 names and sizes the file, the
+        others map it (one gloo broadcast at set-up; none afterwards)."""
+        rank, world = dist.get_rank(), dist.get_world_size()
+        name = [f"fivefold-cqil-{os.getpid()}-{secrets.token_hex(4)}" if rank == 0 else None]
+        dist.broadcast_object_list(name, src=0)
+        path = shared_memory_dir() / name[0]
+        if rank == 0:
+            nbytes = (2 * world * int(capacity) + world * _FLAG_SLOTS * 2) * _FLOAT_BYTES
+            with open(path, "wb") as handle:
+                handle.truncate(nbytes)  # zero-filled: every step counter starts at 0
+        dist.barrier()
+        comm = cls(path, rank, world, capacity)
+        dist.barrier()
+        if rank == 0:
+            path.unlink()  # the mappings stay valid; nothing is left in /dev/shm after the run
+        return comm
+
+    def _exchange(self, tensor: Tensor, contribute: bool) -> Tensor:
+        if tensor.device.type != "cpu":
+            raise UserError("cqil.comm=shm is for CPU ranks; GPU ranks use cqil.comm=dist (NCCL)")
+        n = tensor.numel()
+        if n > self.capacity:
+            raise UserError(
+                f"cqil shared-memory collective of {n} floats exceeds its capacity {self.capacity}; raise cqil.shm_capacity"
+            )
+        self.step += 1
+        slot = self.buffers[self.step % 2]
+        if contribute:
+            slot[self.rank, :n].copy_(tensor.reshape(-1))
+        self.flags[self.rank] = self.step
+        while int(self.flags.min()) < self.step:
+            os.sched_yield()  # cheap when each rank has a core; keeps progress when ranks share one
+        return slot[:, :n]
+
+    def all_reduce_(self, tensor: Tensor) -> Tensor:
+        """In-place sum over ranks."""
+        parts = self._exchange(tensor.float(), contribute=True)
+        tensor.copy_(parts.sum(0).view_as(tensor))
+        return tensor
+
+    def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
+        """In place: every rank gets `src`'s tensor."""
+        parts = self._exchange(tensor.float(), contribute=self.rank == src)
+        if self.rank != src:
+            tensor.copy_(parts[src].view_as(tensor))
+        return tensor
+
+
+class TorchCollectives:
+    """torch.distributed's own collectives (gloo on CPU, NCCL on GPU)."""
+
+    def all_reduce_(self, tensor: Tensor) -> Tensor:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
+        dist.broadcast(tensor, src=src)
+        return tensor
+
+
+_ACTIVE: SharedMemoryCollectives | TorchCollectives = TorchCollectives()
+COMMS = ("dist", "shm")
+
+
+def use_collectives(comm: str, capacity: int = 1 << 20) -> None:
+    """Select the transport DistributedGroup uses in this process: `dist` (torch.distributed) or
+    `shm` (shared memory, same-host CPU ranks; `capacity` floats per rank and buffer)."""
+    global _ACTIVE
+    if comm not in COMMS:
+        raise UserError(f"cqil.comm={comm!r} must be one of {COMMS}")
+    _ACTIVE = SharedMemoryCollectives.create(capacity) if comm == "shm" else TorchCollectives()
+
+
+def collectives() -> SharedMemoryCollectives | TorchCollectives:
+    return _ACTIVE
