@@ -90,13 +90,17 @@ DISTRIBUTED_LATENCY_MODES = {"distributed": "dist", "distributed_shm": "shm"}
 LATENCY_MODES = ("sequential", "fused", *DISTRIBUTED_LATENCY_MODES)
 
 
+def check_latency_modes(modes: list[str]) -> None:
+    unknown = [m for m in modes if m not in LATENCY_MODES]
+    if unknown:
+        raise UserError(f"cqil.latency.modes: {unknown} not among {list(LATENCY_MODES)}")
+
+
 def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) -> dict[str, dict[str, float]]:
     """Median prefill / decode seconds of the original and of each (spec, mode) on `threads` threads;
     the distributed modes run in `world_size` spawned processes (one thread each) measured on rank 0:
     `distributed` over torch.distributed (gloo / NCCL), `distributed_shm` over shared memory."""
-    unknown = [m for m in modes if m not in LATENCY_MODES]
-    if unknown:
-        raise UserError(f"cqil.latency.modes: {unknown} not among {list(LATENCY_MODES)}")
+    check_latency_modes(modes)
     lat = cfg.cqil.latency
     vocab = int(lm.model.get_input_embeddings().num_embeddings)
     prompt = torch.randint(0, vocab, (1, int(lat.prompt_tokens)), generator=torch.Generator().manual_seed(0))
@@ -287,6 +291,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     if cfg.cqil.mode == "distributed":
         return run_distributed(cfg, ctx)
     torch.manual_seed(int(cfg.seed))
+    if cfg.cqil.latency.enabled:
+        check_latency_modes(list(cfg.cqil.latency.modes))  # before the model loads and the grid runs
     lm = instantiate(cfg.model.loader)
     num_layers = len(decoder_of(lm.model).layers)
     specs = parse_settings(cfg.cqil.settings)

@@ -87,6 +87,10 @@ def test_bad_settings_exit_with_one_line(run_cli, make_config, tmp_path, capsys)
         run_task(cfg, tmp_path / "missing")
     assert exit_info.value.code == 2
     assert "missing data file /nope/x.bin" in capsys.readouterr().err
+    cfg = make_config("task=cqil", *SMALL, "model.loader.checkpoint=/nope/x.bin", "cqil.latency.modes=[sequential,warp]")
+    with pytest.raises(SystemExit):
+        run_task(cfg, tmp_path / "bad_mode")  # the mode is refused before the (missing) checkpoint is read
+    assert "cqil.latency.modes: ['warp'] not among" in capsys.readouterr().err
 
 
 @pytest.mark.slow
