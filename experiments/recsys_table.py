@@ -43,9 +43,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     text = tables(args.summary, args.metric or ["target_hr@50", "rmse", "loo_hr@10"])
-    print(text)
     if args.out:
-        args.out.write_text(text)
+        args.out.write_text(text)  # before printing: a closed pipe (`| head`) must not lose the file
+    print(text)
 
 
 if __name__ == "__main__":
