@@ -118,6 +118,7 @@ class MatrixFactorization(Recommender):
         P, Q = self.user.detach(), self.item.detach()
         uu, uinv, ucount = torch.unique(users, return_inverse=True, return_counts=True)
         ii, iinv, icount = torch.unique(items, return_inverse=True, return_counts=True)
+        uu, ii = uu.long(), ii.long()  # the optimiser's index_copy_ wants int64 rows (ids may come as int32)
         p, q = P.index_select(0, users), Q.index_select(0, items)
         batch, dim = p.shape
         out = torch.bmm(p.unsqueeze(1), q.unsqueeze(2)).view(batch)
