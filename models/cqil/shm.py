@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +40,8 @@ class SharedMemoryCollectives:
     """broadcast / all_reduce(SUM) over float32 tensors of up to `capacity` elements, same-host ranks.
 
     Every rank sums the parts in rank order, so all ranks get bit-identical results (as with gloo)."""
+
+    timeout_s: float = 600.0
 
     def __init__(self, path: Path, rank: int, world: int, capacity: int) -> None:
         if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -81,8 +84,16 @@ class SharedMemoryCollectives:
         if contribute:
             slot[self.rank, :n].copy_(tensor.reshape(-1))
         self.flags[self.rank] = self.step
+        spins, deadline = 0, None
         while int(self.flags.min()) < self.step:
             os.sched_yield()  # cheap when each rank has a core; keeps progress when ranks share one
+            spins += 1
+            if spins % 100_000 == 0:  # a peer that died mid-run must not leave this rank spinning forever
+                deadline = deadline or time.monotonic() + self.timeout_s
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"cqil shared-memory collective {self.step}: a peer rank did not arrive within {self.timeout_s:g} s"
+                    )
         return slot[:, :n]
 
     def all_reduce_(self, tensor: Tensor) -> Tensor:
