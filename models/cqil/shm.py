@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +34,11 @@ _FLAG_SLOTS = 16  # int64 counters: one per rank, each on its own 128-byte line 
 
 
 def shared_memory_dir() -> Path:
-    return Path(os.environ.get("FIVEFOLD_SHM_DIR", "/dev/shm"))
+    """FIVEFOLD_SHM_DIR, else /dev/shm (RAM-backed), else the temp dir (a mapped file works there too)."""
+    if "FIVEFOLD_SHM_DIR" in os.environ:
+        return Path(os.environ["FIVEFOLD_SHM_DIR"])
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
 class SharedMemoryCollectives:
