@@ -21,7 +21,7 @@ needs_x86 = pytest.mark.skipif(not X86, reason="shared-memory collectives rely o
     "start,end,p,d,comm",
     [
         (1, 3, 2, 0, "dist"),
-        pytest.param(1, 3, 2, 0, "shm", marks=needs_x86),
+        pytest.param(1, 3, 2, 0, "shm", marks=[needs_x86, pytest.mark.slow]),
         pytest.param(1, 4, 3, 1, "dist", marks=pytest.mark.slow),
     ],
 )
