@@ -50,7 +50,10 @@ class SharedMemoryCollectives:
 
     def __init__(self, path: Path, rank: int, world: int, capacity: int) -> None:
         if platform.machine().lower() not in ("x86_64", "amd64"):
-            raise UserError(f"cqil.comm=shm needs an x86-64 CPU (this one is {platform.machine()}); use cqil.comm=dist")
+            raise UserError(
+                f"shared-memory collectives (latency mode distributed_shm) need an x86-64 CPU (this one is "
+                f"{platform.machine()}); use mode distributed (gloo)"
+            )
         self.rank, self.world, self.capacity, self.step = rank, world, int(capacity), 0
         size = 2 * world * self.capacity + world * _FLAG_SLOTS * 2  # floats: 2 buffers + flags as int64 pairs
         storage = torch.from_file(str(path), shared=True, size=size, dtype=torch.float32)
@@ -78,11 +81,12 @@ class SharedMemoryCollectives:
 
     def _exchange(self, tensor: Tensor, contribute: bool) -> Tensor:
         if tensor.device.type != "cpu":
-            raise UserError("cqil.comm=shm is for CPU ranks; GPU ranks use cqil.comm=dist (NCCL)")
+            raise UserError("shared-memory collectives are for CPU ranks; GPU ranks use mode distributed (NCCL)")
         n = tensor.numel()
         if n > self.capacity:
             raise UserError(
-                f"cqil shared-memory collective of {n} floats exceeds its capacity {self.capacity}; raise cqil.shm_capacity"
+                f"cqil shared-memory collective of {n} floats exceeds its capacity {self.capacity} "
+                "(set from cqil.latency.prompt_tokens x the hidden size)"
             )
         self.step += 1
         slot = self.buffers[self.step % 2]
@@ -136,7 +140,7 @@ def use_collectives(comm: str, capacity: int = 1 << 20) -> None:
     `shm` (shared memory, same-host CPU ranks; `capacity` floats per rank and buffer)."""
     global _ACTIVE
     if comm not in COMMS:
-        raise UserError(f"cqil.comm={comm!r} must be one of {COMMS}")
+        raise UserError(f"collectives comm={comm!r} must be one of {COMMS}")
     _ACTIVE = SharedMemoryCollectives.create(capacity) if comm == "shm" else TorchCollectives()
 
 
