@@ -146,3 +146,29 @@ def test_recovery_windows_skip_the_evaluation_tokens_and_interleave_corpora(tmp_
     assert one.shape == (5, 20)  # tokens 40..140: the 40 evaluation tokens are never trained on
     both = recovery_windows(config([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]), Bytes())
     assert both.shape == (10, 20) and both[:4, 0].tolist() == [ord("a"), ord("b"), ord("a"), ord("b")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="shared-memory collectives need x86-64"
+)
+def test_latency_over_both_transports_is_keyed_by_mode(make_config, tmp_path, data_dir):
+    """gloo and shared-memory ranks each get their own original baseline and `<mode>_*` keys, and both
+    reproduce the sequential logits."""
+    cfg = make_config(
+        "task=cqil",
+        *SMALL,
+        "cqil.rule.enabled=false",
+        "cqil.removal=false",
+        "cqil.settings=[]",
+        "cqil.latency.modes=[sequential,distributed,distributed_shm]",
+        "cqil.latency.repeats=1",
+        "cqil.latency.decode_steps=2",
+        output_dir=tmp_path / "lat",
+    )
+    run_task(cfg, tmp_path / "lat")
+    metrics, _ = read(tmp_path / "lat")
+    for mode in ("sequential", "distributed", "distributed_shm"):
+        assert metrics[f"cqil_p2_s1_e5/{mode}_latency_ratio"] > 0
+    for mode in ("distributed", "distributed_shm"):
+        assert metrics[f"cqil_p2_s1_e5/{mode}_max_logit_gap"] < 1e-4
