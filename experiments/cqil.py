@@ -147,8 +147,11 @@ def distributed_latency_job(
             variants[f"{spec.name}/{mode}"] = decoder.layers
             remove_cqil(lm.model)
     table = time_variants(lm.model, variants, prompt, int(lat["decode_steps"]), int(lat["repeats"]), int(lat["warmup"]))
+    from models.cqil.shm import collectives
+
     for name, gap in gaps.items():
         table[f"{name}/{mode}"]["max_logit_gap_vs_sequential"] = gap
+        table[f"{name}/{mode}"]["transport"] = type(collectives()).__name__  # which collectives really ran
     return table
 
 

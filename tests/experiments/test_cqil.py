@@ -172,3 +172,6 @@ def test_latency_over_both_transports_is_keyed_by_mode(make_config, tmp_path, da
         assert metrics[f"cqil_p2_s1_e5/{mode}_latency_ratio"] > 0
     for mode in ("distributed", "distributed_shm"):
         assert metrics[f"cqil_p2_s1_e5/{mode}_max_logit_gap"] < 1e-4
+    latency = json.loads((tmp_path / "lat" / "artifacts" / "latency.json").read_text())
+    assert latency["cqil_p2_s1_e5/distributed"]["transport"] == "TorchCollectives"
+    assert latency["cqil_p2_s1_e5/distributed_shm"]["transport"] == "SharedMemoryCollectives"
