@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.cqil import DISTRIBUTED_LATENCY_MODES, LATENCY_MODES, latency_table, parse_settings  # noqa: E402
+from experiments.cqil import LATENCY_MODES, baseline_key, latency_table, parse_settings  # noqa: E402
 from models.cqil.evaluate import layer_time_share  # noqa: E402
 from models.cqil.plugin import decoder_of  # noqa: E402
 
@@ -113,7 +113,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for mode in ["original", *args.modes]:
         entry = table.get(mode if mode == "original" else f"{spec.name}/{mode}")
-        ref = table[f"original@{mode}" if mode in DISTRIBUTED_LATENCY_MODES else "original"]
+        ref = table[baseline_key(mode)]
         result[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
         result[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
         achieved = (1.0 - result[f"{mode}_latency_ratio"]) / (1.0 - result["ideal_whole_model_decode_ratio"])

@@ -90,6 +90,12 @@ DISTRIBUTED_LATENCY_MODES = {"distributed": "dist", "distributed_shm": "shm"}
 LATENCY_MODES = ("sequential", "fused", *DISTRIBUTED_LATENCY_MODES)
 
 
+def baseline_key(mode: str) -> str:
+    """The latency-table entry a mode is compared with: distributed modes time their own original on the
+    same ranks (every rank busy alike), the single-process modes share the one-thread original."""
+    return f"original@{mode}" if mode in DISTRIBUTED_LATENCY_MODES else "original"
+
+
 def check_latency_modes(modes: list[str]) -> None:
     unknown = [m for m in modes if m not in LATENCY_MODES]
     if unknown:
@@ -135,7 +141,7 @@ def distributed_latency_job(
     mode; rank 0's medians are returned, keyed by `mode`. Also returns the max |logit| gap to sequential mode."""
     lm = instantiate(loader)
     decoder = decoder_of(lm.model)
-    variants, gaps = {f"original@{mode}": decoder.layers}, {}
+    variants, gaps = {baseline_key(mode): decoder.layers}, {}
     with torch.no_grad():
         for raw in specs:
             spec = CQILSpec(**raw)
@@ -390,7 +396,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
             values = {"ideal_latency_ratio": spec.ideal_latency_ratio(num_layers)}
             for mode in lat.modes:
                 entry = table.get(f"{spec.name}/{mode}")
-                ref = table[f"original@{mode}" if mode in DISTRIBUTED_LATENCY_MODES else "original"]
+                ref = table[baseline_key(mode)]
                 if entry is not None:
                     values[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
                     values[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]

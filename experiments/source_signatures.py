@@ -61,7 +61,9 @@ class _Names(dict):
         return _Opaque()
 
 
+@lru_cache(maxsize=1)
 def _namespace() -> _Names:
+    """Built once: every annotation of every target is evaluated against the same names."""
     names = _Names({name: getattr(typing, name) for name in typing.__all__})
     names.update(
         int=int, float=float, str=str, bool=bool, list=list, dict=dict, tuple=tuple, typing=typing,

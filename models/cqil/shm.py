@@ -33,6 +33,11 @@ _FLOAT_BYTES = 4
 _FLAG_SLOTS = 16  # int64 counters: one per rank, each on its own 128-byte line (no false sharing)
 
 
+def shared_memory_supported() -> bool:
+    """The ordering argument in the module docstring holds on x86-64 only."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def shared_memory_dir() -> Path:
     """FIVEFOLD_SHM_DIR, else /dev/shm (RAM-backed), else the temp dir (a mapped file works there too)."""
     if "FIVEFOLD_SHM_DIR" in os.environ:
@@ -49,7 +54,7 @@ class SharedMemoryCollectives:
     timeout_s: float = 600.0
 
     def __init__(self, path: Path, rank: int, world: int, capacity: int) -> None:
-        if platform.machine().lower() not in ("x86_64", "amd64"):
+        if not shared_memory_supported():
             raise UserError(
                 f"shared-memory collectives (latency mode distributed_shm) need an x86-64 CPU (this one is "
                 f"{platform.machine()}); use mode distributed (gloo)"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from experiments.runner import run_task
+from models.cqil.shm import shared_memory_supported
 from tests.conftest import experiments_of_task
 
 SMALL = [
@@ -149,9 +150,7 @@ def test_recovery_windows_skip_the_evaluation_tokens_and_interleave_corpora(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    __import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="shared-memory collectives need x86-64"
-)
+@pytest.mark.skipif(not shared_memory_supported(), reason="shared-memory collectives need x86-64")
 def test_latency_over_both_transports_is_keyed_by_mode(make_config, tmp_path, data_dir):
     """gloo and shared-memory ranks each get their own original baseline and `<mode>_*` keys, and both
     reproduce the sequential logits."""
@@ -162,8 +161,6 @@ def test_latency_over_both_transports_is_keyed_by_mode(make_config, tmp_path, da
         "cqil.removal=false",
         "cqil.settings=[]",
         "cqil.latency.modes=[sequential,distributed,distributed_shm]",
-        "cqil.latency.repeats=1",
-        "cqil.latency.decode_steps=2",
         output_dir=tmp_path / "lat",
     )
     run_task(cfg, tmp_path / "lat")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import platform
 
 import pytest
 import torch
@@ -11,10 +10,10 @@ import torch
 from common.errors import UserError
 from models.cqil.distributed import spawn
 from models.cqil.plugin import apply_cqil, remove_cqil
+from models.cqil.shm import shared_memory_supported
 from tests.models.cqil.tiny import distributed_job, make_tiny
 
-X86 = platform.machine().lower() in ("x86_64", "amd64")
-needs_x86 = pytest.mark.skipif(not X86, reason="shared-memory collectives rely on x86-64 store ordering")
+needs_x86 = pytest.mark.skipif(not shared_memory_supported(), reason="shared-memory collectives rely on x86-64 store ordering")
 
 
 @pytest.mark.parametrize(
