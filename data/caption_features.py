@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from common import files
 from common.errors import UserError
 from common.files import atomic_write_with
+from data.resumable import ResumableGenerators
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -147,12 +148,13 @@ class CaptionSets(Dataset):
         subsample: bool,
         seed: int = 0,
         video_features: np.ndarray | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.features, self.mask = torch.from_numpy(features), torch.from_numpy(mask)
         # per-video features appended unchanged after the caption mean (e.g. caption_words)
         self.video_features = None if video_features is None else torch.from_numpy(video_features)
         self.targets = torch.as_tensor(targets, dtype=torch.float32)
-        self.subsample, self.generator = subsample, torch.Generator().manual_seed(seed)
+        self.subsample, self.generator = subsample, generator or torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -169,7 +171,7 @@ class CaptionSets(Dataset):
         return mean, self.targets[index]
 
 
-class CaptionDataModule(L.LightningDataModule):
+class CaptionDataModule(ResumableGenerators, L.LightningDataModule):
     """Train / val / test videos as CaptionSets (the split is by video, made by the task)."""
 
     def __init__(
@@ -191,12 +193,13 @@ class CaptionDataModule(L.LightningDataModule):
             subsample=train and self.subsample,
             seed=self.seed,
             video_features=next(iter(video_features), None),
+            generator=self.resumable_generator("train_captions", self.seed) if train else None,
         )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            generator=self.resumable_generator("train_order", self.seed) if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from common.errors import UserError
 from common.files import require_file
+from data.resumable import ResumableGenerators
 
 SPLITS = ("train", "valid", "test")
 HOW_TO_GET = {
@@ -332,7 +333,7 @@ def collate_dialogues(dialogues: Sequence[Dialogue]) -> dict[str, Any]:
     return {"features": features, "mask": mask, "speakers": speakers, "labels": labels, "ids": [d.id for d in dialogues]}
 
 
-class ConversationDataModule(L.LightningDataModule):
+class ConversationDataModule(ResumableGenerators, L.LightningDataModule):
     """Dialogues of a `Corpus` (built once from the `corpus` config node) in padded batches.
 
     `val_dataloader` returns [validation, test]: the module scores both every epoch so the task can
@@ -369,7 +370,7 @@ class ConversationDataModule(L.LightningDataModule):
         return dialogues[: self.limit] if self.limit else dialogues
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = self.resumable_generator("train_order", self.seed)
         return DataLoader(
             self.split("train"), batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=collate_dialogues
         )

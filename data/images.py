@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.errors import UserError
 from data.image_readers import READERS, SPLITS, Arrays, load_images
-from data.samplers import EpochSeededSampler
+from data.samplers import shuffled
 
 _POOL_SEED = 12345  # fixed: the pool split must not move when subset_seed changes
 _VAL_SEED = 0  # fixed: every run validates on the same test-split points
@@ -282,12 +282,10 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray, train: bool) -> DataLoader:
         dataset = IndexedImages(images, labels, idx)
-        sampler = EpochSeededSampler(len(dataset), seed=self.subset_seed) if train else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=sampler,
-            shuffle=False,
+            **(shuffled(len(dataset), seed=self.subset_seed) if train else {}),
             drop_last=False,
             num_workers=self.num_workers,
             collate_fn=self.prepared.collate,

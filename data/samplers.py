@@ -8,6 +8,7 @@ the batches an uninterrupted run would, independent of any global RNG state.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -39,3 +40,14 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def shuffled(num_samples: int, seed: int) -> dict[str, Any]:
+    """DataLoader arguments for a training shuffle that never draws from the global generator.
+
+    A DataLoader without its own generator draws a seed from torch's global generator each time an
+    epoch's iterator is made, and Lightning makes the first iterator of a resumed fit during set-up,
+    not at the epoch's start: the global states a checkpoint restores would then be shifted by one
+    draw. Here the order comes from (seed, epoch) and the per-iterator seed from a private generator.
+    """
+    return {"sampler": EpochSeededSampler(num_samples, seed), "generator": torch.Generator().manual_seed(int(seed))}

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -29,6 +32,30 @@ from common.errors import UserError
 
 log = logging.getLogger(__name__)
 PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """The global generators' states in types `torch.load(weights_only=True)` accepts (no numpy arrays)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_states`."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class ResumableCheckpoint(Callback):
@@ -52,6 +79,31 @@ class ResumableCheckpoint(Callback):
         self._last_save = time.monotonic()
         self._signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    # -- random-number states ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Called while a checkpoint is written: the states the next epoch (or batch) starts from."""
+        return {"rng": capture_rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng_to_restore = state_dict.get("rng")  # older checkpoints have none: resume as before
+
+    def _restore_rng_once(self, trainer: Any) -> None:
+        if self._rng_to_restore is None:
+            return
+        states, self._rng_to_restore = self._rng_to_restore, None
+        if trainer.world_size > 1:  # the checkpoint holds rank 0's states; each rank needs its own
+            if trainer.is_global_zero:
+                log.warning("a %d-process fit resumes with fresh random-number states: not exact", trainer.world_size)
+            return
+        restore_rng_states(states)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._restore_rng_once(trainer)  # after Lightning's fit set-up, which draws differently on a restart
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        self._restore_rng_once(trainer)  # a mid-epoch restart skips on_train_epoch_start
 
     @property
     def path(self) -> Path:

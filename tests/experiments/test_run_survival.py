@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from data.samplers import shuffled
 from experiments.checkpointing import ResumableCheckpoint
 from experiments.run_dir import RunDirLock
 from experiments.runner import run_task
@@ -30,9 +33,9 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+def start(run_dir: Path, *overrides: str, base: list[str] = QUICK) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "run.py", *QUICK, f"hydra.run.dir={run_dir}", *overrides],
+        [sys.executable, "run.py", *base, f"hydra.run.dir={run_dir}", *overrides],
         cwd=REPO,
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -72,6 +75,48 @@ def test_a_fit_killed_after_a_mid_fit_checkpoint_resumes_to_the_uninterrupted_re
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "population: resuming from" in (tmp_path / "killed" / "run.log").read_text()
+    assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "straight")
+
+
+ERC_QUICK = [
+    "task=erc",
+    "dataset=synthetic_erc",
+    "task.num_seeds=1",
+    "task.max_epochs=6",
+    "erc.conditions.symmetric=null",
+    "erc.conditions.bigru=null",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def checkpoint_epoch(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=False)["epoch"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return -1
+
+
+@pytest.mark.slow
+def test_an_erc_fit_with_dropout_killed_after_an_epoch_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    """CMATH trains with dropout, reparameterisation noise and a shuffled loader: all continue exactly."""
+    straight = start(tmp_path / "straight", base=ERC_QUICK)
+    assert straight.wait(300) == 0, straight.communicate()[1][-2000:]
+
+    victim = start(tmp_path / "killed", base=ERC_QUICK)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "cmath_seed0" / "last.ckpt"
+    wait_for(checkpoint, victim)
+    deadline = time.monotonic() + 120
+    while checkpoint_epoch(checkpoint) < 1:  # after epoch 1: the resumed epochs draw from restored states
+        assert victim.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(60) == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "metrics.json").exists(), "the kill came after the fit ended; nothing was tested"
+
+    rerun = start(tmp_path / "killed", base=ERC_QUICK)
+    assert rerun.wait(300) == 0, rerun.communicate()[1][-2000:]
+    assert "Restoring states from the checkpoint" in (tmp_path / "killed" / "run.log").read_text()
     assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "straight")
 
 
@@ -236,3 +281,51 @@ def test_a_sigterm_in_lightnings_window_still_exits_for_requeue(tmp_path: Path, 
     assert epoch == (1 if every_n_epochs == 0 else 0)  # mid-epoch save only when no epoch-end saves were asked for
     assert "received SIGTERM" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is not checkpoint._handle
+
+
+class _RandomTrainingModel(BoringModel):
+    """Dropout, numpy and Python draws in every step and a shuffled loader: a resume continues them all
+    exactly only if the checkpoint carries every random-number state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 + 0.1 * float(np.random.rand()) + 0.1 * random.random()
+        return self.layer(self.dropout(x)) * scale
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        data = torch.randn(48, 32, generator=torch.Generator().manual_seed(5))
+        return torch.utils.data.DataLoader(data, batch_size=8, **shuffled(len(data), seed=3))
+
+
+def fit_random_training(directory: Path, max_epochs: int, ckpt_path: Path | None = None) -> dict[str, torch.Tensor]:
+    seed_everything(0, verbose=False)
+    model = _RandomTrainingModel()
+    trainer = Trainer(
+        max_epochs=max_epochs,
+        callbacks=[ResumableCheckpoint(str(directory), every_n_minutes=None)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=2,
+    )
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return model.state_dict()
+
+
+def test_a_resume_continues_random_training_exactly(tmp_path: Path) -> None:
+    straight = fit_random_training(tmp_path / "straight", max_epochs=3)
+    fit_random_training(tmp_path / "resumed", max_epochs=1)  # the state a kill after epoch 1's save leaves
+    checkpoint = tmp_path / "resumed" / "last.ckpt"
+    without_states = torch.load(checkpoint, weights_only=False)
+    without_states["callbacks"] = {}
+    torch.save(without_states, tmp_path / "without_states.ckpt")
+
+    resumed = fit_random_training(tmp_path / "resumed", max_epochs=3, ckpt_path=checkpoint)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    # the same resume without the saved states diverges: the states, not luck, make it exact
+    unseeded = fit_random_training(tmp_path / "unseeded", max_epochs=3, ckpt_path=tmp_path / "without_states.ckpt")
+    assert not all(torch.equal(unseeded[k], straight[k]) for k in straight)
