@@ -126,7 +126,8 @@ class XorDataModule(pl.LightningDataModule):
 
     def _loader(self, data: StackedBatches, batch_size: int, shuffle: bool) -> DataLoader:
         sampler = StackedBatchSampler(len(self.seeds), len(data), batch_size, shuffle, seed=self.seeds[0])
-        return DataLoader(data, batch_size=None, sampler=sampler)
+        # a private generator for the loader's per-iterator seed: no draw from the global one (exact resume)
+        return DataLoader(data, batch_size=None, sampler=sampler, generator=torch.Generator().manual_seed(self.seeds[0]))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, self.batch_size, shuffle=True)
