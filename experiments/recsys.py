@@ -227,6 +227,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         start_epoch=start,
         on_epoch_end=on_epoch_end,
         stats=stats,
+        watch=(data.n_users, torch.as_tensor(targets)),
     )
     if not history:
         raise UserError(f"task.epochs={cfg.task.epochs}: nothing was trained; set task.epochs >= 1")
@@ -240,6 +241,9 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         metrics["train/samples_per_s"] = stats.samples / stats.train_seconds
     if stats.pseudo_per_model:
         metrics["train/pseudo_labels_per_model"] = float(np.mean(stats.pseudo_per_model))
+    if stats.target_label_share:  # the last epoch's three models
+        metrics["train/target_pseudo_label_share"] = float(np.mean(stats.target_label_share[-3:]))
+        metrics["train/target_pseudo_label_mean"] = float(np.nanmean(stats.target_label_mean[-3:]))
     extra = dict(attack_size=float(cfg.attack.size) if n_fake else 0.0, n_fake=n_fake, n_filler=n_filler, epochs=epochs)
     # Factor names differ from the override keys (attack=, defense=) that experiments.aggregate adds itself.
     record = dict(

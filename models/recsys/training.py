@@ -57,6 +57,17 @@ class LoopStats:
     train_seconds: float = 0.0
     label_seconds: float = 0.0
     pseudo_per_model: list[int] = field(default_factory=list)
+    target_label_share: list[float] = field(default_factory=list)
+    target_label_mean: list[float] = field(default_factory=list)
+
+    def record_target_labels(
+        self, users: Tensor, items: Tensor, labels: Tensor, n_real: int, targets: Tensor, max_rating: float
+    ) -> None:
+        """What TCD's pseudo-labels say about the target items for real users: the share of (real user, target)
+        cells labelled, and their mean label in rating units (how the defence sees the attacked items)."""
+        on_targets = (users < n_real) & torch.isin(items, targets)
+        self.target_label_share.append(float(on_targets.sum()) / (n_real * len(targets)))
+        self.target_label_mean.append(float(labels[on_targets].mean()) * max_rating if on_targets.any() else float("nan"))
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -139,11 +150,13 @@ def fit(
     extra_from: int | None = None,
     extra_on_real_only: bool = False,
     stats: LoopStats | None = None,
+    watch: tuple[int, Tensor] | None = None,
 ) -> LoopStats:
     """Train `models` (1, or 3 for TCD) for epochs [start_epoch, epochs); model 0 is the one evaluated.
 
     TCD (defense.n_models == 3): before model j trains, models (j+1)%3 and (j+2)%3 label every
     unrated cell they agree on (see tcd.py); model j trains one epoch on real + those pseudo ratings.
+    `watch` = (number of real users, target items): record the pseudo-labels on those cells in `stats`.
     """
     stats = stats or LoopStats()
     triple = getattr(defense, "n_models", 1) == 3
@@ -161,6 +174,8 @@ def fit(
                 data = samples.extend(*pseudo)
                 stats.label_seconds += time.perf_counter() - t0
                 stats.pseudo_per_model.append(len(pseudo[0]))
+                if watch is not None:
+                    stats.record_target_labels(*pseudo, *watch, max_rating)
             t0 = time.perf_counter()
             losses.append(
                 train_one_epoch(

@@ -95,6 +95,9 @@ def test_each_defense_runs(make_config, tmp_path, toy_root, defense) -> None:
     )
     assert KEYS <= set(metrics) and records[0]["defense_name"] == defense
     assert ("train/pseudo_labels_per_model" in metrics) == (defense == "tcd")
+    assert ("train/target_pseudo_label_share" in metrics) == (defense == "tcd")
+    if defense == "tcd":
+        assert 0 < metrics["train/target_pseudo_label_share"] <= 1
     assert 0 <= metrics["test/target_hr@10"] <= metrics["test/target_hr@20"] <= metrics["test/target_hr@50"] <= 1
 
 

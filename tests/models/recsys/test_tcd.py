@@ -72,3 +72,16 @@ def test_each_model_trains_on_the_other_two_models_labels() -> None:
         models, optimizers, samples, TripleCooperative(start_epoch=1), 1, 4, rated, R, torch.Generator(), stats=LoopStats()
     )
     assert stats.pseudo_per_model == [] and stats.samples == 3 * len(samples)
+
+
+def test_target_label_stats_count_real_users_on_target_items_only() -> None:
+    # 3 real users + 1 fake user (row 3), targets = items {1, 2}; the labelled cells are listed by hand
+    users = torch.tensor([0, 0, 1, 2, 3, 3])
+    items = torch.tensor([1, 0, 2, 1, 1, 2])
+    labels = torch.tensor([0.8, 0.2, 0.4, 0.0, 1.0, 1.0])
+    stats = LoopStats()
+    stats.record_target_labels(users, items, labels, n_real=3, targets=torch.tensor([1, 2]), max_rating=R)
+    # real-user target cells labelled: (0,1) 4, (1,2) 2, (2,1) 0 -> 3 of 3 x 2 cells, mean rating 2; the fake rows
+    # and the non-target item 0 do not count
+    assert stats.target_label_share == [0.5]
+    assert abs(stats.target_label_mean[0] - 2.0) < 1e-6
