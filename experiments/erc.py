@@ -85,8 +85,15 @@ def fit_one(
         network = instantiate(model.network, **datamodule.network_kwargs)
     except ValueError as exc:
         raise UserError(f"{fit_name}: {exc}") from None
-    module = ERCLitModule(network, instantiate(model.optimizer), datamodule.corpus.label_names, datamodule.class_weights)
     epochs = int(model.get("max_epochs") or cfg.task.max_epochs)
+    schedule = cfg.task.get("lr_schedule")  # a protocol choice: the same for every condition
+    module = ERCLitModule(
+        network,
+        instantiate(model.optimizer),
+        datamodule.corpus.label_names,
+        datamodule.class_weights,
+        scheduler=instantiate(schedule, T_max=epochs) if schedule else None,
+    )
     trainer, ckpt_path = build_trainer(cfg, ctx, fit_name, max_epochs=epochs)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

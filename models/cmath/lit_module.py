@@ -28,10 +28,11 @@ class ERCLitModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         label_names: Sequence[str],
         class_weights: Sequence[float] | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
     ) -> None:
         super().__init__()
         self.network = network
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.label_names = list(label_names)
         num_classes = len(self.label_names)
         self.register_buffer(
@@ -51,6 +52,7 @@ class ERCLitModule(L.LightningModule):
         )
         self._loss_sums = {stage: [0.0, 0] for stage in STAGES}
         self.history: list[dict[str, float]] = []
+        self._epoch_lr = float("nan")
 
     def forward(self, batch: dict[str, Any]):
         return self.network(batch["features"], batch["mask"], batch["speakers"])
@@ -80,6 +82,9 @@ class ERCLitModule(L.LightningModule):
         for metric in self.metrics[stage].values():
             metric.update(preds, target)
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
     def on_validation_epoch_end(self) -> None:
         row: dict[str, float] = {"epoch": float(self.current_epoch)}
         for stage in STAGES:
@@ -97,6 +102,7 @@ class ERCLitModule(L.LightningModule):
                 metric.reset()
         if self.trainer.sanity_checking:
             return
+        row["train_lr"] = self._epoch_lr  # read at the epoch's start: an epoch scheduler steps before validation ends
         self.log_dict({f"{k.split('_', 1)[0]}/{k.split('_', 1)[1]}": v for k, v in row.items() if k != "epoch"}, on_epoch=True)
         self.history.append(row)
 
@@ -106,5 +112,8 @@ class ERCLitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("erc_history", []))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.network.parameters())
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.network.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}

@@ -4,6 +4,7 @@ choice, condition overrides, bad input, and CMATH beating chance on planted-sign
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -135,3 +136,33 @@ def test_cmath_beats_chance_on_planted_signal(make_config, tmp_path):
     run_task(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["cmath/test_accuracy_median"] > 0.6  # chance: 0.25 (4 classes)
+
+
+def epoch_learning_rates(run_dir: Path, fit: str) -> list[float]:
+    lines = (run_dir / "artifacts" / "history" / f"{fit}.csv").read_text().splitlines()
+    column = lines[0].split(",").index("train_lr")
+    return [float(line.split(",")[column]) for line in lines[1:]]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_lr_schedule_is_a_protocol_for_every_condition(make_config, tmp_path, schedule):
+    cfg = make_config(
+        "task=erc",
+        "dataset=synthetic_erc",
+        "dataset.corpus.num_dialogues=[8,4,4]",
+        "logger=none",
+        "callbacks=none",
+        "task.num_seeds=1",
+        "task.max_epochs=4",
+        "trainer.enable_progress_bar=false",
+        "~erc.conditions.symmetric",
+        f"lr_schedule={schedule}",
+    )
+    run_task(cfg, tmp_path / "run")
+    for fit, lr in (("cmath_seed0", cfg.model.lr), ("bigru_seed0", cfg.erc.models.bigru.lr)):
+        rates = epoch_learning_rates(tmp_path / "run", fit)
+        assert rates[0] == pytest.approx(lr)
+        if schedule == "constant":
+            assert rates == pytest.approx([lr] * 4)
+        else:  # cosine over the 4 epochs of the fit: lr * (1 + cos(pi * e / 4)) / 2
+            assert rates == pytest.approx([lr * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-5)  # csv: 6 digits
