@@ -27,6 +27,16 @@ from experiments.report import log_to_wandb, sort_value, write_outputs
 from experiments.stats import holm, mann_whitney, median_iqr, wilcoxon_paired
 
 OVERRIDES_KEY = "_overrides"  # names of a record's group columns (its job's overrides minus seed)
+# overrides that change how a job reports, never its numbers: jobs that differ only in these pool together
+PRESENTATION_ONLY = (
+    "logger",
+    "paths",
+    "hydra",
+    "ckpt_path",
+    "resume_check",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+)
 CONDITION = "condition"  # the factor `--compare A:B` means, and the columns of the wide tables
 _NOT_METRICS = {CONDITION, "seed", OVERRIDES_KEY}
 MANN_WHITNEY, WILCOXON = "Mann-Whitney U", "Wilcoxon signed-rank (paired by seed)"
@@ -59,7 +69,7 @@ def _parse_value(raw: str) -> Any:
 
 
 def parse_overrides(path: Path) -> dict[str, Any]:
-    """Job overrides as key -> value, without ``hydra.*`` keys and deletions (``~key``)."""
+    """Job overrides as key -> value, without deletions (``~key``) and the `PRESENTATION_ONLY` keys."""
     if not path.is_file():
         return {}
     try:
@@ -72,7 +82,7 @@ def parse_overrides(path: Path) -> dict[str, Any]:
     for item in items:
         key, sep, raw = str(item).partition("=")
         key = key.lstrip("+")
-        if not sep or key.startswith("~") or key == "hydra" or key.startswith("hydra."):
+        if not sep or key.startswith("~") or any(key == p or key.startswith(p + ".") for p in PRESENTATION_ONLY):
             continue
         overrides[key] = _parse_value(raw)
     return overrides

@@ -132,6 +132,19 @@ def test_grouping_pools_seeds_but_separates_other_overrides(lr_sweep: Path) -> N
     )
 
 
+def test_jobs_differing_only_in_how_they_report_pool_together(tmp_path: Path) -> None:
+    # seeds run on different days, once with the default logger and once with logger=none and no progress bar
+    make_job(tmp_path, "0", ["model.lr=0.1", "seed=0"], {"test/weighted_f1": 0.5})
+    make_job(
+        tmp_path, "1", ["model.lr=0.1", "seed=1", "logger=none", "trainer.enable_progress_bar=false"], {"test/weighted_f1": 0.7}
+    )
+    make_job(tmp_path, "2", ["model.lr=0.1", "seed=2", "trainer.max_epochs=3"], {"test/weighted_f1": 0.9})
+    rows = summarize(collect_records(tmp_path)[0], ["test/weighted_f1"])
+    # max_epochs changes the numbers: its own group; logger and progress bar do not
+    assert {r["trainer.max_epochs"]: (r["n"], r["median"]) for r in rows} == {None: (2, pytest.approx(0.6)), 3: (1, 0.9)}
+    assert all("logger" not in r and "trainer.enable_progress_bar" not in r for r in rows)
+
+
 def test_records_jsonl_gives_one_row_per_condition_and_ignores_null(condition_sweep: Path) -> None:
     records, incomplete = collect_records(condition_sweep)
     assert incomplete == 0 and len(records) == 36
