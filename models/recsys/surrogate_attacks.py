@@ -73,6 +73,11 @@ class CoAttack:
     lr: float = 10.0
     batch_size: int = 2048
 
+    @property
+    def real_samples_only_while_attacking(self) -> bool:
+        """Whether the surrogate trains on the real samples alone once the attack loss is on."""
+        return True
+
     def surrogate(self, n_users: int, n_items: int) -> tuple[list[nn.Module], list[torch.optim.Optimizer], object]:
         model = MatrixFactorization(n_users, n_items, self.dim, self.reg, link="sigmoid")
         return [model], [torch.optim.Adagrad(model.parameters(), lr=self.lr, initial_accumulator_value=0.1)], NoDefense()
@@ -97,7 +102,7 @@ class CoAttack:
             generator,
             extra_loss=extra,
             extra_from=max(self.epochs - self.attack_epochs, 0),
-            extra_on_real_only=True,
+            extra_on_real_only=self.real_samples_only_while_attacking,
         )
         return read_profiles(models[0], n_real, n_fake, targets, n_filler, max_rating)
 
@@ -111,6 +116,13 @@ class GCoAttack(CoAttack):
     lr: float = 20.0
     attack_epochs: int = 20
     grid: str = "reference"
+    # our variant (off = the reference): keep TCD's pseudo-labels in the attack half, so the fake profiles are
+    # optimised against the relabelling a TCD victim will apply
+    pseudo_labels_while_attacking: bool = False
+
+    @property
+    def real_samples_only_while_attacking(self) -> bool:
+        return not self.pseudo_labels_while_attacking
 
     def surrogate(self, n_users: int, n_items: int) -> tuple[list[nn.Module], list[torch.optim.Optimizer], object]:
         models = [MatrixFactorization(n_users, n_items, self.dim, self.reg) for _ in range(3)]

@@ -82,3 +82,21 @@ def test_model_based_profiles(attack, train) -> None:
     targets = torch.tensor([2, 9])
     fake = attack.generate(train, targets, 3, 8, R, torch.Generator().manual_seed(0))
     check_profiles(fake, targets, 3, 8, 40)
+
+
+@pytest.mark.parametrize("keep_labelling", [False, True])
+def test_gcoattack_keeps_tcd_labels_in_its_attack_half_only_as_a_variant(train, monkeypatch, keep_labelling) -> None:
+    from models.recsys import surrogate_attacks, training
+
+    calls = []
+
+    def counting_fit(*args, **kwargs):
+        calls.append(kwargs["stats"] if kwargs.get("stats") else training.LoopStats())
+        kwargs["stats"] = calls[-1]
+        return training.fit(*args, **kwargs)
+
+    monkeypatch.setattr(surrogate_attacks, "fit", counting_fit)
+    attack = GCoAttack(epochs=3, attack_epochs=1, dim=8, batch_size=64, pseudo_labels_while_attacking=keep_labelling)
+    attack.generate(train, torch.tensor([2, 9]), 3, 8, R, torch.Generator().manual_seed(0))
+    # TCD labels from epoch 1 (reference start): epochs 1 and 2 of 3, three models each; epoch 2 is the attack half
+    assert len(calls[0].pseudo_per_model) == (6 if keep_labelling else 3)
