@@ -244,6 +244,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     if stats.target_label_share:  # the last epoch's three models
         metrics["train/target_pseudo_label_share"] = float(np.mean(stats.target_label_share[-3:]))
         metrics["train/target_pseudo_label_mean"] = float(np.nanmean(stats.target_label_mean[-3:]))
+        metrics["train/nontarget_pseudo_label_mean"] = float(np.nanmean(stats.other_label_mean[-3:]))
     extra = dict(attack_size=float(cfg.attack.size) if n_fake else 0.0, n_fake=n_fake, n_filler=n_filler, epochs=epochs)
     # Factor names differ from the override keys (attack=, defense=) that experiments.aggregate adds itself.
     record = dict(

@@ -59,15 +59,21 @@ class LoopStats:
     pseudo_per_model: list[int] = field(default_factory=list)
     target_label_share: list[float] = field(default_factory=list)
     target_label_mean: list[float] = field(default_factory=list)
+    other_label_mean: list[float] = field(default_factory=list)
 
     def record_target_labels(
         self, users: Tensor, items: Tensor, labels: Tensor, n_real: int, targets: Tensor, max_rating: float
     ) -> None:
         """What TCD's pseudo-labels say about the target items for real users: the share of (real user, target)
-        cells labelled, and their mean label in rating units (how the defence sees the attacked items)."""
-        on_targets = (users < n_real) & torch.isin(items, targets)
+        cells labelled, their mean label in rating units (how the defence sees the attacked items), and, for
+        comparison, the mean label of the real users' other labelled cells (rankings are relative)."""
+        real = users < n_real
+        on_targets = real & torch.isin(items, targets)
+        others = real & ~on_targets
+        mean = lambda cells: float(labels[cells].mean()) * max_rating if cells.any() else float("nan")  # noqa: E731
         self.target_label_share.append(float(on_targets.sum()) / (n_real * len(targets)))
-        self.target_label_mean.append(float(labels[on_targets].mean()) * max_rating if on_targets.any() else float("nan"))
+        self.target_label_mean.append(mean(on_targets))
+        self.other_label_mean.append(mean(others))
 
 
 class _Batches(torch.utils.data.Dataset):

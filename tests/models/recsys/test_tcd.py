@@ -85,3 +85,4 @@ def test_target_label_stats_count_real_users_on_target_items_only() -> None:
     # and the non-target item 0 do not count
     assert stats.target_label_share == [0.5]
     assert abs(stats.target_label_mean[0] - 2.0) < 1e-6
+    assert abs(stats.other_label_mean[0] - 1.0) < 1e-6  # the real users' other labelled cell: (0, 0) at 0.2 * 5
