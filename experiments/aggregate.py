@@ -24,19 +24,10 @@ import yaml
 
 from common.errors import UserError
 from experiments.report import log_to_wandb, sort_value, write_outputs
+from experiments.run_dir import PRESENTATION_ONLY, under_any
 from experiments.stats import holm, mann_whitney, median_iqr, wilcoxon_paired
 
 OVERRIDES_KEY = "_overrides"  # names of a record's group columns (its job's overrides minus seed)
-# overrides that change how a job reports, never its numbers: jobs that differ only in these pool together
-PRESENTATION_ONLY = (
-    "logger",
-    "paths",
-    "hydra",
-    "ckpt_path",
-    "resume_check",
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-)
 CONDITION = "condition"  # the factor `--compare A:B` means, and the columns of the wide tables
 _NOT_METRICS = {CONDITION, "seed", OVERRIDES_KEY}
 MANN_WHITNEY, WILCOXON = "Mann-Whitney U", "Wilcoxon signed-rank (paired by seed)"
@@ -82,7 +73,7 @@ def parse_overrides(path: Path) -> dict[str, Any]:
     for item in items:
         key, sep, raw = str(item).partition("=")
         key = key.lstrip("+")
-        if not sep or key.startswith("~") or any(key == p or key.startswith(p + ".") for p in PRESENTATION_ONLY):
+        if not sep or key.startswith("~") or under_any(key, PRESENTATION_ONLY):
             continue
         overrides[key] = _parse_value(raw)
     return overrides

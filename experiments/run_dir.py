@@ -22,23 +22,32 @@ from common.files import atomic_write_text
 LOCK_FILE = ".run.lock"
 FINGERPRINT_FILE = "config_fingerprint.json"
 STALE_RESULTS = ("metrics.json", "records.jsonl", "results.md")
-# Keys that may change between a run and its resume without changing what is computed.
-RESUMABLE_CHANGES = (
+# Keys that change how a run reports, never its numbers (a resume may change them; experiments.aggregate
+# pools jobs that differ only in them).
+PRESENTATION_ONLY = (
     "logger",
     "paths",
     "hydra",
     "ckpt_path",
     "resume_check",
-    "optimized_metric",
-    "callbacks",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+)
+# Keys that may change between a run and its resume without changing what is computed.
+RESUMABLE_CHANGES = PRESENTATION_ONLY + (
+    "optimized_metric",
+    "callbacks",
     "trainer.max_epochs",
     "trainer.accelerator",
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.strategy",
 )
+
+
+def under_any(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a dotted config key is one of `prefixes` or lies under one of them."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 class RunDirLock:
@@ -92,7 +101,7 @@ def fingerprint(resolved: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     run dir are written relative to it, so resuming another run dir's checkpoints compares like with like."""
     root = str(Path(run_dir).absolute())
     flat = {k: (v.replace(root, "<run dir>") if isinstance(v, str) else v) for k, v in _flatten(resolved)}
-    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)}
+    return {k: v for k, v in flat.items() if not under_any(k, RESUMABLE_CHANGES)}
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
