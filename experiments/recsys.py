@@ -188,12 +188,15 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     optimizers = [m.configure_optimizers() for m in models]
     history: list[dict[str, float]] = []
     start = 0
+    stats = LoopStats()
     if state is not None:
         for m, o, ms, os_ in zip(models, optimizers, state["models"], state["optimizers"]):
             m.load_state_dict(ms)
             o.load_state_dict(os_)
         history, start = state["history"], state["epoch"] + 1
         generator.set_state(state["generator"])
+        # per-epoch pseudo-label counts, so train/* keys cover every epoch after a resume too (older states: none)
+        stats.pseudo_per_model = list(state.get("pseudo_per_model", []))
 
     def on_epoch_end(epoch: int, loss: float) -> None:
         row = evaluate(models[0], data, rated, targets, cfg.task.ks, int(cfg.task.loo_k))
@@ -210,10 +213,10 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
                 history=history,
                 optimizers=[o.state_dict() for o in optimizers],
                 generator=generator.get_state(),
+                pseudo_per_model=list(stats.pseudo_per_model),
             ),
         )
 
-    stats = LoopStats()
     fit(
         models,
         optimizers,

@@ -136,6 +136,12 @@ def test_rerun_resumes_from_the_saved_loop_state(make_config, tmp_path, toy_root
     assert same(second) == same(first) and (out / "artifacts" / "fake_profiles.csv").read_text() == profiles
 
 
+def test_a_resumed_tcd_run_reports_pseudo_labels_of_every_epoch(make_config, tmp_path, toy_root) -> None:
+    first, _ = run(make_config, tmp_path, toy_root, "defense=tcd", "attack=average", "attack.size=0.05")
+    second, _ = run(make_config, tmp_path, toy_root, "defense=tcd", "attack=average", "attack.size=0.05")  # resumes
+    assert second["train/pseudo_labels_per_model"] == first["train/pseudo_labels_per_model"]
+
+
 @pytest.mark.slow
 def test_real_ml100k_average_tcd(run_cli) -> None:
     result = run_cli("experiment=tcd_ml100k", "hydra.mode=RUN", "attack=average", "defense=tcd", "task.epochs=2", "logger=none")
