@@ -11,7 +11,9 @@ s_u^(K) the u-th user's K-th largest score:  L_atk = sum_u sum_t max(s_u^(K) - s
 The released code (CoAttack.py / GCoAttack.py) has two slips: it uses the *negated* K-th score
 (`tf.sort(-rate)`), which makes the hinge almost always sit at -kappa (inactive), and it indexes score
 columns 0..4 (`rate[:, t]` for t in range(len(targets))) instead of the target ids. We implement the
-intended loss on the real target ids.
+intended loss on the real target ids (`hinge: intended`, the default). `hinge: reference` reproduces the
+released loss, slips included, so the papers' figures can be checked against the code that made them:
+on sigmoid scores in (0, 1), max(-s_u^(K) - s_u,c, -kappa) over columns c = 0..n_targets-1.
 
 Fake users' rows exist in the surrogate's embedding table; in Co-Attack they receive no samples and the
 attack loss is over real users only, so their embeddings stay at their random initialisation (as in the
@@ -38,6 +40,19 @@ def attack_hinge(model: nn.Module, n_real: int, targets: Tensor, top_k: int, kap
     scores = model.full_scores(torch.arange(n_real)) if isinstance(model, MatrixFactorization) else model.full_scores()[:n_real]
     kth = scores.topk(min(top_k, scores.shape[1]), dim=1).values[:, -1:]
     return torch.clamp(kth - scores[:, targets], min=-kappa).sum()
+
+
+def released_hinge(model: nn.Module, n_real: int, targets: Tensor, top_k: int, kappa: float) -> Tensor:
+    """The released code's loss (see the module docstring): sigmoid scores, the negated K-th score, and the
+    first len(targets) item columns in place of the targets. It only acts while s_u^(K) + s_u,c < kappa."""
+    scores = model.full_scores(torch.arange(n_real)) if isinstance(model, MatrixFactorization) else model.full_scores()[:n_real]
+    if not (isinstance(model, MatrixFactorization) and model.link == "sigmoid"):
+        scores = torch.sigmoid(scores)  # the reference's rate_attack is sigmoid(U V^T) for every surrogate
+    negated_kth = -scores.topk(min(top_k, scores.shape[1]), dim=1).values[:, -1:]
+    return torch.clamp(negated_kth - scores[:, : len(targets)], min=-kappa).sum()
+
+
+HINGES = {"intended": attack_hinge, "reference": released_hinge}
 
 
 def real_samples(train: Tensor, max_rating: float) -> Samples:
@@ -72,6 +87,14 @@ class CoAttack:
     reg: float = 1e-12
     lr: float = 10.0
     batch_size: int = 2048
+    hinge: str = "intended"  # or "reference": the released loss with its two slips (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.hinge not in HINGES:
+            raise ValueError(f"attack.method.hinge={self.hinge!r}: choose one of {sorted(HINGES)}")
+
+    def attack_loss(self, model: nn.Module, n_real: int, targets: Tensor) -> Tensor:
+        return self.weight * HINGES[self.hinge](model, n_real, targets, self.top_k, self.kappa)
 
     @property
     def real_samples_only_while_attacking(self) -> bool:
@@ -89,7 +112,6 @@ class CoAttack:
         n_real, n_items = train.shape
         models, optimizers, defense = self.surrogate(n_real + n_fake, n_items)
         rated = torch.cat([train > 0, torch.zeros(n_fake, n_items, dtype=torch.bool)])
-        extra = lambda m: self.weight * attack_hinge(m, n_real, targets, self.top_k, self.kappa)  # noqa: E731
         fit(
             models,
             optimizers,
@@ -100,7 +122,7 @@ class CoAttack:
             rated,
             max_rating,
             generator,
-            extra_loss=extra,
+            extra_loss=lambda m: self.attack_loss(m, n_real, targets),
             extra_from=max(self.epochs - self.attack_epochs, 0),
             extra_on_real_only=self.real_samples_only_while_attacking,
         )
@@ -151,7 +173,6 @@ class GradientAttack(CoAttack):
             current = torch.cat([train, fake[:f], torch.zeros(1, n_items)])
             current[-1, targets] = max_rating
             models, optimizers, defense = self.surrogate(n_real + f + 1, n_items)
-            extra = lambda m: self.weight * attack_hinge(m, n_real, targets, self.top_k, self.kappa)  # noqa: E731
             fit(
                 models,
                 optimizers,
@@ -162,7 +183,7 @@ class GradientAttack(CoAttack):
                 current > 0,
                 max_rating,
                 generator,
-                extra_loss=extra,
+                extra_loss=lambda m: self.attack_loss(m, n_real, targets),
                 extra_from=max(self.epochs - self.attack_epochs, 0),
             )
             with torch.no_grad():

@@ -5,7 +5,7 @@ import torch
 
 from models.recsys.attacks import AverageAttack, BandwagonAttack, NoAttack, RandomAttack, item_stats
 from models.recsys.networks import MatrixFactorization
-from models.recsys.surrogate_attacks import CoAttack, GCoAttack, GradientAttack, attack_hinge
+from models.recsys.surrogate_attacks import CoAttack, GCoAttack, GradientAttack, attack_hinge, released_hinge
 
 R = 5.0
 
@@ -67,6 +67,43 @@ def test_hinge_uses_real_target_ids_and_kth_score() -> None:
     assert attack_hinge(model, 2, torch.tensor([0]), top_k=2, kappa=0.2).item() == pytest.approx(-0.2)
     loss.backward()
     assert model.item.grad.to_dense()[4, 0] < 0  # minimising pushes the target's score up
+
+
+def sigmoid_mf(probabilities: list[float]) -> MatrixFactorization:
+    """Two real users and one fake, each real user scoring item i at probabilities[i] (sigmoid link)."""
+    model = MatrixFactorization(3, len(probabilities), dim=1, link="sigmoid")
+    with torch.no_grad():
+        model.user.copy_(torch.ones(3, 1))
+        model.item.copy_(torch.logit(torch.tensor(probabilities)).unsqueeze(1))
+    return model
+
+
+def test_released_hinge_reads_the_first_columns_and_the_negated_kth_score() -> None:
+    # small scores: s^(K=2) = 0.06 (item 4), column 0 = 0.05: max(-0.06 - 0.05, -0.2) = -0.11 per real user
+    model = sigmoid_mf([0.05, 0.04, 0.09, 0.01, 0.06, 0.02])
+    loss = released_hinge(model, 2, torch.tensor([4]), top_k=2, kappa=0.2)
+    assert loss.item() == pytest.approx(-0.22, abs=1e-5)
+    # the target id is never read: any single target gives the same loss, two targets read columns 0 and 1
+    assert released_hinge(model, 2, torch.tensor([5]), top_k=2, kappa=0.2).item() == pytest.approx(loss.item())
+    two = released_hinge(model, 2, torch.tensor([4, 5]), top_k=2, kappa=0.2).item()
+    assert two == pytest.approx(2 * (-0.06 - 0.05) + 2 * (-0.06 - 0.04), abs=1e-5)
+    loss.backward()
+    assert model.item.grad.to_dense()[0, 0] < 0  # it pushes column 0 up, not the target
+    # ordinary scores: s^(K) + s_c > kappa, so the released hinge sits at -kappa with no gradient
+    busy = sigmoid_mf([0.6, 0.7, 0.9, 0.5, 0.8, 0.4])
+    flat = released_hinge(busy, 2, torch.tensor([4]), top_k=2, kappa=0.2)
+    assert flat.item() == pytest.approx(-0.4)
+    flat.backward()
+    assert torch.count_nonzero(busy.item.grad.to_dense()) == 0
+
+
+def test_attacks_take_the_hinge_by_name() -> None:
+    model, target = sigmoid_mf([0.05, 0.04, 0.09]), torch.tensor([2])
+    # K = 50 > 3 items: s^(K) is the lowest score, 0.04; released: -0.04 - 0.05; intended: 0.04 - 0.09 -> -kappa
+    assert CoAttack(hinge="reference").attack_loss(model, 2, target).item() == pytest.approx(-0.18, abs=1e-5)
+    assert CoAttack(hinge="intended").attack_loss(model, 2, target).item() == pytest.approx(-0.10, abs=1e-5)
+    with pytest.raises(ValueError, match="attack.method.hinge='slipped'"):
+        GCoAttack(hinge="slipped")
 
 
 @pytest.mark.parametrize(
