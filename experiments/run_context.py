@@ -241,11 +241,13 @@ class RunContext:
     def write_resolved_config(self) -> None:
         """config_resolved.yaml beside Hydra's .hydra/config.yaml (which keeps interpolations), and
         provenance.json: the commit, diff, versions and host that produced this run."""
-        from experiments.provenance import collect
+        from experiments.provenance import collect, drift_warnings
 
         text = OmegaConf.to_yaml(OmegaConf.create(self.resolved_config))
         atomic_write_text(self.output_dir / "config_resolved.yaml", text)
         self.provenance = collect()
+        for line in drift_warnings(self.provenance):
+            log.warning(line)
         atomic_write_text(self.output_dir / "provenance.json", json.dumps(self.provenance, indent=2) + "\n")
 
     def write_records(self, records: list[dict[str, Any]]) -> None:

@@ -52,6 +52,9 @@ def test_multirun_of_two_jobs_then_aggregate(run_cli, tmp_path: Path, capsys) ->
     jobs = completed_jobs(tmp_path / "multirun")
     assert len(jobs) == 2
     assert yaml.safe_load((jobs[1] / ".hydra" / "overrides.yaml").read_text()) == ["debug=fast", "seed=1"]
+    for job in jobs:  # run.py recorded the launch: each job compares the tree on disk with it
+        record = json.loads((job / "provenance.json").read_text())
+        assert record["launch_git_commit"] == record["git_commit"] and record["conf_changed_since_launch"] == []
     assert aggregate_main([str(tmp_path / "multirun"), "--compare", "freeze_informed:fluid"]) == 0
     table = (tmp_path / "multirun" / "aggregate" / "summary.md").read_text()
     assert "freeze_informed" in table and "val_error" in table
