@@ -33,6 +33,21 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+def sweep_hint(message: str, argv: list[str]) -> str:
+    """A hint for a key of a swept group's options: Hydra first composes a sweep's config with the group's
+    default option, which may lack the key, so the override must be forced (`++`)."""
+    unknown = re.search(r"Could not override '([^']+)'", message)
+    if not unknown:
+        return ""
+    key = unknown.group(1)
+    group = key.split(".")[0]
+    swept = [arg for arg in argv if arg.startswith(f"{group}=") and "," in arg]
+    if not swept:
+        return ""
+    value = next((arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{key}=")), "...")
+    return f"; in a sweep over {swept[0]}, force keys of those options with ++{key}={value}"
+
+
 def call_with_one_line_errors(main: Callable[[], object]) -> None:
     """Run Hydra's `main()`; a composition error exits 2 with one line. HYDRA_FULL_ERROR is set only
     until the task starts (see :func:`task_started`), so a task's own crash is reported as usual."""
@@ -46,7 +61,8 @@ def call_with_one_line_errors(main: Callable[[], object]) -> None:
     except (CompactHydraException, ValueError) as error:
         if isinstance(error, InstantiationException) or not os.environ.get(_SET_HERE):
             raise
-        _exit(one_line(error))
+        message = one_line(error)
+        _exit(message + sweep_hint(message, sys.argv[1:]))
 
 
 def task_started() -> None:

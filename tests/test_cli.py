@@ -171,6 +171,12 @@ def test_asking_for_a_gpu_without_one_names_the_trainer(run_cli, tmp_path: Path)
             ("model.nope=1",),
             "error: Could not override 'model.nope'. To append to your config use +model.nope=1 (Key 'nope' is not in struct)",
         ),
+        (
+            ("-m", "experiment=tcd_ml100k", "attack=coattack,gcoattack", "attack.method.hinge=reference"),
+            "error: Could not override 'attack.method.hinge'. To append to your config use +attack.method.hinge=reference "
+            "(Key 'hinge' is not in struct); in a sweep over attack=coattack,gcoattack, force keys of those options "
+            "with ++attack.method.hinge=reference",
+        ),
         (("model.network._target_=models.nowhere.Net",), "error: model.network._target_: cannot import 'models.nowhere.Net'"),
         (("dataset.n_train=abc",), "error: dataset.n_train='abc' has type str, but data.xor.XorDataModule expects int"),
     ],
