@@ -15,6 +15,10 @@ intended loss on the real target ids (`hinge: intended`, the default). `hinge: r
 released loss, slips included, so the papers' figures can be checked against the code that made them:
 on sigmoid scores in (0, 1), max(-s_u^(K) - s_u,c, -kappa) over columns c = 0..n_targets-1.
 
+The released GCoAttack also reads its fake ratings as round(sigmoid(p.q) R) from the triple's last model,
+although that surrogate is linear; `profile_reading: released` does the same (default `predicted`: the
+predicted rating round(p.q R) from model 0, the model a TCD victim is evaluated on).
+
 Fake users' rows exist in the surrogate's embedding table; in Co-Attack they receive no samples and the
 attack loss is over real users only, so their embeddings stay at their random initialisation (as in the
 reference): the attack shapes the *item* space so that random users rank the right fillers highly.
@@ -61,9 +65,14 @@ def real_samples(train: Tensor, max_rating: float) -> Samples:
 
 
 @torch.no_grad()
-def read_profiles(model: nn.Module, first: int, n_fake: int, targets: Tensor, n_filler: int, max_rating: float) -> Tensor:
-    """Fake rows first..first+n_fake: top-`n_filler` non-target items at their predicted rating, targets R."""
+def read_profiles(
+    model: nn.Module, first: int, n_fake: int, targets: Tensor, n_filler: int, max_rating: float, squash: bool = False
+) -> Tensor:
+    """Fake rows first..first+n_fake: top-`n_filler` non-target items at their predicted rating, targets R.
+    `squash` reads sigmoid(score) instead, as the released GCoAttack does with its linear surrogate."""
     scores = model.full_scores(torch.arange(first, first + n_fake))
+    if squash:
+        scores = torch.sigmoid(scores)
     ranked = scores.clone()
     ranked[:, targets] = float("-inf")
     fillers = ranked.topk(n_filler, dim=1).indices
@@ -126,6 +135,11 @@ class CoAttack:
             extra_from=max(self.epochs - self.attack_epochs, 0),
             extra_on_real_only=self.real_samples_only_while_attacking,
         )
+        return self.profiles_from(models, n_real, n_fake, targets, n_filler, max_rating)
+
+    def profiles_from(
+        self, models: list[nn.Module], n_real: int, n_fake: int, targets: Tensor, n_filler: int, max_rating: float
+    ) -> Tensor:
         return read_profiles(models[0], n_real, n_fake, targets, n_filler, max_rating)
 
 
@@ -141,6 +155,21 @@ class GCoAttack(CoAttack):
     # our variant (off = the reference): keep TCD's pseudo-labels in the attack half, so the fake profiles are
     # optimised against the relabelling a TCD victim will apply
     pseudo_labels_while_attacking: bool = False
+    # "predicted": round(p.q R) from model 0; "released": round(sigmoid(p.q) R) from the triple's last model, as
+    # the released code reads its linear surrogate (same fillers, since sigmoid keeps the order; other ratings)
+    profile_reading: str = "predicted"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.profile_reading not in ("predicted", "released"):
+            raise ValueError(f"attack.method.profile_reading={self.profile_reading!r}: choose predicted or released")
+
+    def profiles_from(
+        self, models: list[nn.Module], n_real: int, n_fake: int, targets: Tensor, n_filler: int, max_rating: float
+    ) -> Tensor:
+        released = self.profile_reading == "released"
+        model = models[-1] if released else models[0]
+        return read_profiles(model, n_real, n_fake, targets, n_filler, max_rating, squash=released)
 
     @property
     def real_samples_only_while_attacking(self) -> bool:

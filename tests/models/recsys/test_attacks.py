@@ -137,3 +137,19 @@ def test_gcoattack_keeps_tcd_labels_in_its_attack_half_only_as_a_variant(train, 
     attack.generate(train, torch.tensor([2, 9]), 3, 8, R, torch.Generator().manual_seed(0))
     # TCD labels from epoch 1 (reference start): epochs 1 and 2 of 3, three models each; epoch 2 is the attack half
     assert len(calls[0].pseudo_per_model) == (6 if keep_labelling else 3)
+
+
+def test_gcoattack_released_reading_takes_sigmoid_ratings_from_the_last_model() -> None:
+    linear = [MatrixFactorization(2, 4, dim=1) for _ in range(3)]
+    for model, scale in zip(linear, (0.5, 0.0, 1.0)):
+        with torch.no_grad():
+            model.user.copy_(torch.ones(2, 1))
+            model.item.copy_(torch.tensor([[0.3], [0.1], [0.0], [-0.2]]) * scale)
+    # fake user 1; target item 3; two fillers. Predicted, from model 0: round(8 x 0.15), round(8 x 0.05) -> 1, 1 (floor)
+    predicted = GCoAttack().profiles_from(linear, 1, 1, torch.tensor([3]), 2, 8.0)
+    assert predicted.tolist() == [[1.0, 1.0, 0.0, 8.0]]
+    # released: the last model's top items 0, 1 at round(8 sigmoid(0.3)) = 5 and round(8 sigmoid(0.1)) = 4
+    released = GCoAttack(profile_reading="released").profiles_from(linear, 1, 1, torch.tensor([3]), 2, 8.0)
+    assert released.tolist() == [[5.0, 4.0, 0.0, 8.0]]
+    with pytest.raises(ValueError, match="attack.method.profile_reading='raw'"):
+        GCoAttack(profile_reading="raw")
