@@ -3,7 +3,8 @@
     python -m experiments.recsys_table results/recsys/ml100k_3pct/summary.csv [--metric target_hr@50 ...]
 
 One table per metric: rows = attacks, columns = defences, cells = the median over seeds (one seed: the
-value); an empty cell is a job that did not run or did not finish.
+value); an empty cell is a job that did not run or did not finish. A sweep that kept the attack (or the
+defence) fixed has no such column in summary.csv: name it with --attack (--defense).
 """
 
 from __future__ import annotations
@@ -16,11 +17,23 @@ ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gc
 DEFENSES = ["none", "apr", "noise", "tcd"]
 
 
-def tables(summary: Path, metrics: list[str]) -> str:
+def factor(row: dict[str, str], name: str, fixed: str | None) -> str:
+    """The row's attack or defence: its column, else the value the sweep kept fixed."""
+    value = row.get(name) or fixed
+    if value is None:
+        raise SystemExit(f"error: summary.csv has no '{name}' column (the sweep kept it fixed): pass --{name} <its value>")
+    return value
+
+
+def tables(summary: Path, metrics: list[str], attack: str | None = None, defense: str | None = None) -> str:
     rows = list(csv.DictReader(summary.open()))
     out = []
     for metric in metrics:
-        cell = {(r["attack"], r["defense"]): float(r["median"]) for r in rows if r["metric"] == metric}
+        cell = {
+            (factor(r, "attack", attack), factor(r, "defense", defense)): float(r["median"])
+            for r in rows
+            if r["metric"] == metric
+        }
         defenses = [d for d in DEFENSES if any(k[1] == d for k in cell)]
         lines = [
             f"**{metric}** (median over seeds)",
@@ -41,8 +54,10 @@ def main() -> None:
     parser.add_argument("summary", type=Path)
     parser.add_argument("--metric", action="append", default=None)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--attack", help="the attack of a sweep that kept it fixed")
+    parser.add_argument("--defense", help="the defence of a sweep that kept it fixed")
     args = parser.parse_args()
-    text = tables(args.summary, args.metric or ["target_hr@50", "rmse", "loo_hr@10"])
+    text = tables(args.summary, args.metric or ["target_hr@50", "rmse", "loo_hr@10"], args.attack, args.defense)
     if args.out:
         args.out.write_text(text)  # before printing: a closed pipe (`| head`) must not lose the file
     print(text)
