@@ -15,6 +15,7 @@ Resume: the loop state is saved every epoch (`ctx.save_state("recsys")`) and pic
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -195,8 +196,8 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
             o.load_state_dict(os_)
         history, start = state["history"], state["epoch"] + 1
         generator.set_state(state["generator"])
-        # per-epoch pseudo-label counts, so train/* keys cover every epoch after a resume too (older states: none)
-        stats.pseudo_per_model = list(state.get("pseudo_per_model", []))
+        # the loop's counters, so train/* keys cover every epoch after a resume too (older states: counts only)
+        stats = LoopStats(**state["stats"]) if "stats" in state else LoopStats(pseudo_per_model=state.get("pseudo_per_model", []))
 
     def on_epoch_end(epoch: int, loss: float) -> None:
         row = evaluate(models[0], data, rated, targets, cfg.task.ks, int(cfg.task.loo_k))
@@ -213,7 +214,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
                 history=history,
                 optimizers=[o.state_dict() for o in optimizers],
                 generator=generator.get_state(),
-                pseudo_per_model=list(stats.pseudo_per_model),
+                stats=dataclasses.asdict(stats),
             ),
         )
 

@@ -140,6 +140,8 @@ def test_a_resumed_tcd_run_reports_pseudo_labels_of_every_epoch(make_config, tmp
     first, _ = run(make_config, tmp_path, toy_root, "defense=tcd", "attack=average", "attack.size=0.05")
     second, _ = run(make_config, tmp_path, toy_root, "defense=tcd", "attack=average", "attack.size=0.05")  # resumes
     assert second["train/pseudo_labels_per_model"] == first["train/pseudo_labels_per_model"]
+    for key in ("train/target_pseudo_label_share", "train/target_pseudo_label_mean", "train/nontarget_pseudo_label_mean"):
+        assert second[key] == first[key], key
 
 
 @pytest.mark.slow
