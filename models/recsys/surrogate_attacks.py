@@ -39,9 +39,14 @@ from models.recsys.optim import TF1Adadelta
 from models.recsys.training import Samples, fit
 
 
+def real_user_scores(model: nn.Module, n_real: int) -> Tensor:
+    """The surrogate's scores of every item for the real users (rows 0..n_real-1)."""
+    return model.full_scores(torch.arange(n_real)) if isinstance(model, MatrixFactorization) else model.full_scores()[:n_real]
+
+
 def attack_hinge(model: nn.Module, n_real: int, targets: Tensor, top_k: int, kappa: float) -> Tensor:
     """L_atk = sum_{u real} sum_t max(s_u^(K) - s_ut, -kappa) (the intended loss; see the module docstring)."""
-    scores = model.full_scores(torch.arange(n_real)) if isinstance(model, MatrixFactorization) else model.full_scores()[:n_real]
+    scores = real_user_scores(model, n_real)
     kth = scores.topk(min(top_k, scores.shape[1]), dim=1).values[:, -1:]
     return torch.clamp(kth - scores[:, targets], min=-kappa).sum()
 
@@ -49,7 +54,7 @@ def attack_hinge(model: nn.Module, n_real: int, targets: Tensor, top_k: int, kap
 def released_hinge(model: nn.Module, n_real: int, targets: Tensor, top_k: int, kappa: float) -> Tensor:
     """The released code's loss (see the module docstring): sigmoid scores, the negated K-th score, and the
     first len(targets) item columns in place of the targets. It only acts while s_u^(K) + s_u,c < kappa."""
-    scores = model.full_scores(torch.arange(n_real)) if isinstance(model, MatrixFactorization) else model.full_scores()[:n_real]
+    scores = real_user_scores(model, n_real)
     if not (isinstance(model, MatrixFactorization) and model.link == "sigmoid"):
         scores = torch.sigmoid(scores)  # the reference's rate_attack is sigmoid(U V^T) for every surrogate
     negated_kth = -scores.topk(min(top_k, scores.shape[1]), dim=1).values[:, -1:]
