@@ -98,15 +98,27 @@ def scontrol_job(job_id: str) -> str:
     return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60).stdout
 
 
+def job_steps_alive(job_id: str) -> bool:
+    """Whether a slurmstepd of the job still runs on this (the only) node."""
+    return subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job_id}\."], capture_output=True).returncode == 0
+
+
 def release_when_held(job_id: str, process: subprocess.Popen, restarts: int = 1, timeout: float = 300) -> None:
     """SLURM holds a requeued job until about two minutes after the requeue (EligibleTime; measured on
-    22.05): start it now instead, once it is back in the queue, so the test waits for our code, not the hold."""
+    22.05): start it now instead, once it is back in the queue, so the test waits for our code, not the hold.
+
+    Not at once, though: the requeue revokes the job's credential on the node with a one-second clock, and a
+    start within the same second is refused ("Job credential revoked", measured on 22.05), which SLURM
+    turns into a FAILED job. So the old attempt's steps must be gone and the clock past the next second."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         info = scontrol_job(job_id)
         done = re.search(r"\bRestarts=(\d+)", info)
         if done and int(done.group(1)) >= restarts:
             if "JobState=PENDING" in info and "Reason=BeginTime" in info:
+                while job_steps_alive(job_id) and time.monotonic() < deadline:
+                    time.sleep(POLL_S)
+                time.sleep(2.0)
                 subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=60)
                 return
             if "JobState=RUNNING" in info or "JobState=COMPLETED" in info:
