@@ -26,7 +26,15 @@ def factor(row: dict[str, str], name: str, fixed: str | None) -> str:
 
 
 def tables(summary: Path, metrics: list[str], attack: str | None = None, defense: str | None = None) -> str:
+    if not summary.is_file():
+        raise SystemExit(f"error: {summary} is not a file: run `python -m experiments.aggregate <sweep> --out <dir>` first")
     rows = list(csv.DictReader(summary.open()))
+    missing = sorted(set(metrics) - {r["metric"] for r in rows})
+    if missing:
+        have = sorted({r["metric"] for r in rows})
+        raise SystemExit(
+            f"error: {summary} has no metric {', '.join(missing)} (it has {', '.join(have)}): aggregate with --metric"
+        )
     out = []
     for metric in metrics:
         cell = {
