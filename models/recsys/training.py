@@ -70,10 +70,14 @@ class LoopStats:
         real = users < n_real
         on_targets = real & torch.isin(items, targets)
         others = real & ~on_targets
-        mean = lambda cells: float(labels[cells].mean()) * max_rating if cells.any() else float("nan")  # noqa: E731
         self.target_label_share.append(float(on_targets.sum()) / (n_real * len(targets)))
-        self.target_label_mean.append(mean(on_targets))
-        self.other_label_mean.append(mean(others))
+        self.target_label_mean.append(_mean_label(labels, on_targets, max_rating))
+        self.other_label_mean.append(_mean_label(labels, others, max_rating))
+
+
+def _mean_label(labels: Tensor, cells: Tensor, max_rating: float) -> float:
+    """The mean pseudo-label of the selected cells in rating units; NaN when none is selected."""
+    return float(labels[cells].mean()) * max_rating if cells.any() else float("nan")
 
 
 class _Batches(torch.utils.data.Dataset):
