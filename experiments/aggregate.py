@@ -16,7 +16,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,21 @@ def drop_commit_column(records: list[dict[str, Any]]) -> list[str]:
     return [f"{commit} ({n} records)" for commit, n in counts.items()]
 
 
+def _walk_once(top: Path) -> Iterator[tuple[str, list[str]]]:
+    """(dir, file names) below `top`, following links but visiting each real dir once and skipping `.hydra`:
+    a folder of links to the jobs of several sweeps reads like one sweep, and a link loop ends."""
+    seen = {os.path.realpath(top)}
+    for root, dirs, files in os.walk(top, followlinks=True):
+        keep = []
+        for name in dirs:
+            real = os.path.realpath(os.path.join(root, name))
+            if name != ".hydra" and real not in seen:
+                seen.add(real)
+                keep.append(name)
+        dirs[:] = keep
+        yield root, files
+
+
 def collect_records(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
     """All records under a multirun dir and the number of incomplete jobs (a ``.hydra`` but no metrics)."""
     sweep_dir = Path(sweep_dir)
@@ -148,8 +163,7 @@ def collect_records(sweep_dir: Path) -> tuple[list[dict[str, Any]], int]:
         raise UserError(f"multirun dir {sweep_dir} does not exist; pass the dir Hydra printed for the sweep")
     jobs: list[Path] = []
     incomplete = 0
-    for root, dirs, files in os.walk(sweep_dir):
-        dirs[:] = [d for d in dirs if d != ".hydra"]
+    for root, files in _walk_once(sweep_dir):
         if "metrics.json" in files:
             jobs.append(Path(root))
         elif (Path(root) / ".hydra").is_dir():

@@ -121,6 +121,20 @@ def test_collect_skips_and_counts_incomplete_jobs(lr_sweep: Path) -> None:
     assert all(r["condition"] == "all" and "hydra.job.chdir" not in r for r in records)
 
 
+def test_a_folder_of_links_to_jobs_reads_like_the_sweep_each_job_once(lr_sweep: Path, tmp_path: Path) -> None:
+    """Jobs of several sweeps are combined by linking them into one folder; a second link to a job and a link
+    loop must neither double a job nor hang."""
+    combined = tmp_path / "combined"
+    combined.mkdir()
+    jobs = sorted(p for p in lr_sweep.iterdir() if (p / "metrics.json").is_file())
+    for i, job in enumerate(jobs):
+        (combined / f"job{i}").symlink_to(job, target_is_directory=True)
+    (combined / "again").symlink_to(jobs[0], target_is_directory=True)
+    (combined / "loop").symlink_to(combined, target_is_directory=True)
+    records, _ = collect_records(combined)
+    assert sorted(r["seed"] for r in records) == sorted(r["seed"] for r in collect_records(lr_sweep)[0])
+
+
 def test_grouping_pools_seeds_but_separates_other_overrides(lr_sweep: Path) -> None:
     rows = summarize(collect_records(lr_sweep)[0], ["test/weighted_f1"])
     assert [(r["model.lr"], r["condition"]) for r in rows] == [(0.01, "all"), (0.1, "all")]
