@@ -29,11 +29,10 @@ def tables(summary: Path, metrics: list[str], attack: str | None = None, defense
     if not summary.is_file():
         raise SystemExit(f"error: {summary} is not a file: run `python -m experiments.aggregate <sweep> --out <dir>` first")
     rows = list(csv.DictReader(summary.open()))
-    missing = sorted(set(metrics) - {r["metric"] for r in rows})
-    if missing:
-        have = sorted({r["metric"] for r in rows})
+    have = {r["metric"] for r in rows}
+    if missing := sorted(set(metrics) - have):
         raise SystemExit(
-            f"error: {summary} has no metric {', '.join(missing)} (it has {', '.join(have)}): aggregate with --metric"
+            f"error: {summary} has no metric {', '.join(missing)} (it has {', '.join(sorted(have))}): aggregate with --metric"
         )
     out = []
     for metric in metrics:
