@@ -12,14 +12,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import experiments.provenance
-import experiments.quiet
-import experiments.resolvers  # noqa: F401  (registers ${wandb_offline:}, ${sweep_group:}, ${run_id:})
-from experiments.cli_errors import call_with_one_line_errors, task_started
-from experiments.runner import run_task
+import experiments.core.provenance
+import experiments.core.quiet
+import experiments.core.resolvers  # noqa: F401  (registers ${wandb_offline:}, ${sweep_group:}, ${run_id:})
+from experiments.core.cli_errors import call_with_one_line_errors, task_started
+from experiments.core.runner import run_task
 
-experiments.quiet.install()
-experiments.provenance.remember_launch()  # a sweep's later jobs compare the tree on disk with this
+experiments.core.quiet.install()
+experiments.core.provenance.remember_launch()  # a sweep's later jobs compare the tree on disk with this
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.cqil import LATENCY_MODES, baseline_key, latency_table, parse_settings  # noqa: E402
+from experiments.tasks.cqil.task import LATENCY_MODES, baseline_key, latency_table, parse_settings  # noqa: E402
 from models.cqil.evaluate import layer_time_share  # noqa: E402
 from models.cqil.plugin import decoder_of  # noqa: E402
 

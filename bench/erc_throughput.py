@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.conversations import collate_dialogues, synthetic_corpus  # noqa: E402
-from models.cmath.losses import weighted_total  # noqa: E402
-from models.cmath.network import CMATH  # noqa: E402
+from models.erc.losses import weighted_total  # noqa: E402
+from models.erc.network import CMATH  # noqa: E402
 
 DIMS = {"text": 1024, "audio": 1582, "visual": 342}
 

@@ -1,6 +1,6 @@
 """Wall time of everyday commands (median of repeats), and what a quick run spends its time on.
 
-    python bench/startup.py [--repeats 3] [--fit-repeats 1] [--out results/bench/startup.md]
+    python bench/startup.py [--repeats 3] [--fit-repeats 1] [--out results/runner/startup.md]
 
 Measures `python run.py --help`, `--cfg job`, a config error, `python run.py` (the quick XOR experiment)
 and `experiment=nonneg_xor`, each with logger=wandb (the default) and logger=none, so the cost of

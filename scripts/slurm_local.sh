@@ -12,7 +12,7 @@
 # (default ${TMPDIR:-/tmp}/fivefold-slurm); slurm.conf is generated there from `nproc` and the memory
 # (override with FIVEFOLD_SLURM_CPUS / FIVEFOLD_SLURM_MEM_MB, e.g. to let more 1-CPU jobs run at once
 # than there are cores). /etc/slurm/slurm.conf is pointed at it only when no other file is there.
-# No accounting database: submitit's status polls fall back to `squeue` (experiments/slurm_launcher.py),
+# No accounting database: submitit's status polls fall back to `squeue` (experiments/cluster/slurm_launcher.py),
 # and finished jobs stay visible to squeue / scontrol for MinJobAge (1 h).
 set -euo pipefail
 

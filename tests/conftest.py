@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import experiments.resolvers  # noqa: F401
+import experiments.core.resolvers  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

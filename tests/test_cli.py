@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.aggregate import main as aggregate_main
+from experiments.analysis.aggregate import main as aggregate_main
 from tests.conftest import REPO, cli_env
 from tests.wandb_records import summary_config_group
 

@@ -7,7 +7,7 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from common.errors import UserError
-from experiments.config_check import check_targets, imported_signature, read_signature
+from experiments.core.validation.config_check import check_targets, imported_signature, read_signature
 from tests.conftest import CONF, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -77,13 +77,13 @@ def test_wandb_is_offline_unless_asked(monkeypatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert compose_config([]).logger.wandb.offline is True
     monkeypatch.setenv("WANDB_MODE", "online")
-    monkeypatch.setattr("experiments.resolvers.wandb_online_problem", lambda: None)  # a key and a network
+    monkeypatch.setattr("experiments.core.resolvers.wandb_online_problem", lambda: None)  # a key and a network
     assert compose_config([]).logger.wandb.offline is False
     assert compose_config(["logger.wandb.offline=false"]).logger.wandb.offline is False
 
 
 def test_wandb_online_without_a_key_falls_back_to_offline_with_one_warning(monkeypatch, tmp_path, caplog) -> None:
-    import experiments.resolvers as resolvers
+    import experiments.core.resolvers as resolvers
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc there

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.slurm_launcher import StatusWatcher, sbatch_refusal
+from experiments.cluster.slurm_launcher import StatusWatcher, sbatch_refusal
 from tests.conftest import REPO, cli_env, compose_config
 
 SCRIPT = REPO / "scripts" / "slurm_local.sh"

@@ -1,6 +1,6 @@
 """The crop pipeline on one clip's frames, and the paper's summary of score changes by initial score.
 
-Pure functions on arrays (no files, no configs): experiments/memorability.py reads the clips and
+Pure functions on arrays (no files, no configs): experiments/tasks/memorability/task.py reads the clips and
 writes the results. Timings are wall-clock seconds so the task can report frames/s per crop.
 """
 

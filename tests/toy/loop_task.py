@@ -9,8 +9,8 @@ import signal
 import numpy as np
 from omegaconf import DictConfig
 
-from experiments.run_context import RunContext
-from experiments.runner import TaskResult
+from experiments.core.run_context import RunContext
+from experiments.core.task import TaskResult
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:

@@ -1,0 +1,37 @@
+"""The task contract: a task is ``run(cfg, ctx) -> TaskResult``, named by ``cfg.task.runner``.
+
+What a task hands back is all the runner writes (metrics.json, results.md, records.jsonl), so a task
+never touches those files itself. Records follow one typing rule that `experiments.analysis.aggregate`
+relies on: str / int / bool fields are factors (group columns), float fields are metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+from common.values import plain_record, plain_value
+
+
+@dataclass
+class TaskResult:
+    """What a task returns: flat metrics, a Markdown results table, and one record per trained run."""
+
+    metrics: dict[str, float]
+    table: str = ""
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """numpy / torch scalars become plain numbers here, where the task hands them over, not at write time."""
+        self.metrics = {str(k): float(plain_value(v, str(k))) for k, v in self.metrics.items()}
+        self.records = [plain_record(record) for record in self.records]
+
+
+def job_seeds(cfg: DictConfig, count: int) -> list[int]:
+    """The run seeds of one job: `task.num_seeds` consecutive seeds per job seed, so jobs with seeds
+    0, 1, 2 of a sweep never share a run seed. `count` is the number to run (already bounded by
+    `task.limit`)."""
+    per_job = int(cfg.task.num_seeds)
+    return [int(cfg.seed) * per_job + i for i in range(count)]

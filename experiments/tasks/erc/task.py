@@ -1,0 +1,181 @@
+"""ERC task: CMATH and baselines for emotion recognition in conversation (IEMOCAP, MELD, synthetic).
+
+One job trains every condition of `cfg.erc.conditions` for `cfg.task.num_seeds` seeds on the same
+data. A condition names a model node (`main` = cfg.model, otherwise `cfg.erc.models.<name>`) and
+optional dotted overrides (`set`), so an ablation is one line of config. Each fit scores the
+validation and test splits every epoch; a run's reported figures are the test metrics at the epoch
+with the best validation metric (`task.select_on`, ties -> earliest), and, labelled as such, the
+maximum test weighted F1 over epochs (the protocol of SDT and many ERC papers, which has no
+validation split). Metrics: medians and quartiles over seeds per condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from common.errors import UserError
+from experiments.core.run_context import RunContext
+from experiments.core.task import TaskResult, job_seeds
+from experiments.core.training import build_trainer
+from models.erc.lit_module import ERCLitModule
+
+log = logging.getLogger(__name__)
+SUMMARY = ("test_weighted_f1", "test_accuracy", "val_weighted_f1", "test_weighted_f1_max_epoch")
+
+
+def condition_models(cfg: DictConfig) -> dict[str, DictConfig]:
+    """name -> model node for every condition (with its `set` overrides applied to a copy); null drops one."""
+    conditions = (cfg.get("erc") or {}).get("conditions") or {}
+    if not conditions:
+        raise UserError("erc.conditions is empty: choose a condition set, e.g. erc=compare")
+    models = {}
+    for name, spec in conditions.items():
+        if spec is None:  # `erc.conditions.<name>: null` drops a condition of the chosen set
+            continue
+        unknown = set(spec or {}) - {"model", "set"}
+        if unknown:
+            raise UserError(f"erc.conditions.{name}: unknown keys {sorted(unknown)} (valid: model, set)")
+        source = (spec or {}).get("model", "main")
+        if source == "main":
+            node = cfg.model
+        elif source in (cfg.erc.get("models") or {}):
+            node = cfg.erc.models[source]
+        else:
+            raise UserError(
+                f"erc.conditions.{name}.model={source!r}: not 'main' nor one of erc.models {sorted(cfg.erc.get('models') or {})}"
+            )
+        node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+        for key, value in ((spec or {}).get("set") or {}).items():
+            if OmegaConf.select(node, key, default="__absent__") == "__absent__":
+                raise UserError(f"erc.conditions.{name}.set.{key}: no such key in model {source}")
+            OmegaConf.update(node, key, value, merge=False)
+        models[str(name)] = node
+    return models
+
+
+def select_epoch(history: Sequence[dict[str, float]], key: str) -> dict[str, float]:
+    """The epoch row with the highest `key` (earliest on ties) plus the max-over-epochs test w-F1."""
+    if not history:
+        raise RuntimeError("no validation epochs were recorded")
+    if key not in history[0]:
+        raise UserError(
+            f"task.select_on={key!r} is not a per-epoch metric (known: {sorted(k for k in history[0] if k.startswith('val_'))})"
+        )
+    best = max(range(len(history)), key=lambda i: (history[i][key], -i))
+    row = dict(history[best])
+    row["test_weighted_f1_max_epoch"] = max(h["test_weighted_f1"] for h in history)
+    row["best_epoch"] = float(row.pop("epoch"))  # a metric (float), not a factor for experiments.analysis.aggregate
+    return row
+
+
+def fit_one(
+    cfg: DictConfig, ctx: RunContext, model: DictConfig, datamodule, fit_name: str, seed: int
+) -> tuple[ERCLitModule, float]:
+    torch.manual_seed(seed)
+    datamodule.seed = seed
+    try:
+        network = instantiate(model.network, **datamodule.network_kwargs)
+    except ValueError as exc:
+        raise UserError(f"{fit_name}: {exc}") from None
+    epochs = int(model.get("max_epochs") or cfg.task.max_epochs)
+    schedule = cfg.task.get("lr_schedule")  # a protocol choice: the same for every condition
+    module = ERCLitModule(
+        network,
+        instantiate(model.optimizer),
+        datamodule.corpus.label_names,
+        datamodule.class_weights,
+        scheduler=instantiate(schedule, T_max=epochs) if schedule else None,
+    )
+    trainer, ckpt_path = build_trainer(cfg, ctx, fit_name, max_epochs=epochs)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return module, time.perf_counter() - start
+
+
+def summarize(records: list[dict[str, Any]], conditions: Sequence[str], label_names: Sequence[str]) -> dict[str, float]:
+    metrics = {}
+    for name in conditions:
+        rows = [r for r in records if r["condition"] == name]
+        for key in SUMMARY + tuple(f"test_f1_{c}" for c in label_names):
+            values = np.array([r[key] for r in rows], dtype=float)
+            metrics[f"{name}/{key}_median"] = float(np.median(values))
+            if key in ("test_weighted_f1", "test_accuracy"):
+                metrics[f"{name}/{key}_q25"] = float(np.percentile(values, 25))
+                metrics[f"{name}/{key}_q75"] = float(np.percentile(values, 75))
+    return metrics
+
+
+def results_table(metrics: dict[str, float], conditions: Sequence[str], label_names: Sequence[str], runs: int, title: str) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        title,
+        "",
+        f"Test figures at the epoch chosen on validation weighted F1; median [IQR] over {runs} seeds, in %. "
+        "'max-epoch' = maximum test w-F1 over epochs (the protocol of SDT and many ERC papers; optimistic, not validation-selected).",
+        "",
+        "| condition | test w-F1 | test acc | val w-F1 | max-epoch test w-F1 | "
+        + " | ".join(f"F1 {c}" for c in label_names)
+        + " |",
+        "|---" * (5 + len(label_names)) + "|",
+    ]
+    for name in conditions:
+        m = lambda k, name=name: metrics[f"{name}/{k}"]  # noqa: E731
+        lines.append(
+            f"| {name} | {pct(m('test_weighted_f1_median'))} [{pct(m('test_weighted_f1_q25'))}, {pct(m('test_weighted_f1_q75'))}] "
+            f"| {pct(m('test_accuracy_median'))} [{pct(m('test_accuracy_q25'))}, {pct(m('test_accuracy_q75'))}] "
+            f"| {pct(m('val_weighted_f1_median'))} | {pct(m('test_weighted_f1_max_epoch_median'))} | "
+            + " | ".join(pct(m(f"test_f1_{c}_median")) for c in label_names)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def history_csv(history: Sequence[dict[str, float]]) -> str:
+    keys = list(history[0]) if history else []
+    return ",".join(keys) + "\n" + "".join(",".join(f"{row.get(k, float('nan')):.6g}" for k in keys) + "\n" for row in history)
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    models = condition_models(cfg)
+    if cfg.task.get("num_threads"):
+        torch.set_num_threads(int(cfg.task.num_threads))  # small models: extra threads only contend on busy CPUs
+    seeds = job_seeds(cfg, ctx.limit(cfg.task.num_seeds))
+    datamodule = instantiate(cfg.dataset, limit=cfg.task.get("limit"))
+    label_names = datamodule.corpus.label_names
+    records = []
+    for name, model in models.items():
+        for seed in seeds:
+            fit_name = f"{name}_seed{seed}"
+            module, seconds = fit_one(cfg, ctx, model, datamodule, fit_name, seed)
+            ctx.write_artifact(f"history/{fit_name}.csv", history_csv(module.history))
+            chosen = select_epoch(module.history, str(cfg.task.select_on))
+            record = {
+                "condition": name,
+                "seed": seed,
+                "dataset": str(cfg.dataset.name),
+                **chosen,
+                "fit_seconds": seconds,
+                "epochs": float(len(module.history)),
+            }
+            log.info(
+                "%s: test w-F1 %.4f acc %.4f at epoch %d (val w-F1 %.4f)",
+                fit_name,
+                chosen["test_weighted_f1"],
+                chosen["test_accuracy"],
+                chosen["best_epoch"],
+                chosen["val_weighted_f1"],
+            )
+            records.append(record)
+    metrics = summarize(records, list(models), label_names)
+    title = f"### ERC: {cfg.dataset.name}, {len(seeds)} seeds per condition"
+    return TaskResult(
+        metrics=metrics, table=results_table(metrics, list(models), label_names, len(seeds), title), records=records
+    )

@@ -1,0 +1,76 @@
+"""Pivot `experiments.analysis.aggregate`'s summary.csv of a recsys sweep into attack x defence Markdown tables.
+
+    python -m experiments.tasks.recsys.table results/recsys/ml100k_3pct/summary.csv [--metric target_hr@50 ...]
+
+One table per metric: rows = attacks, columns = defences, cells = the median over seeds (one seed: the
+value); an empty cell is a job that did not run or did not finish. A sweep that kept the attack (or the
+defence) fixed has no such column in summary.csv: name it with --attack (--defense).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack"]
+DEFENSES = ["none", "apr", "noise", "tcd"]
+
+
+def factor(row: dict[str, str], name: str, fixed: str | None) -> str:
+    """The row's attack or defence: its column, else the value the sweep kept fixed."""
+    value = row.get(name) or fixed
+    if value is None:
+        raise SystemExit(f"error: summary.csv has no '{name}' column (the sweep kept it fixed): pass --{name} <its value>")
+    return value
+
+
+def tables(summary: Path, metrics: list[str], attack: str | None = None, defense: str | None = None) -> str:
+    if not summary.is_file():
+        raise SystemExit(
+            f"error: {summary} is not a file: run `python -m experiments.analysis.aggregate <sweep> --out <dir>` first"
+        )
+    rows = list(csv.DictReader(summary.open()))
+    have = {r["metric"] for r in rows}
+    if missing := sorted(set(metrics) - have):
+        raise SystemExit(
+            f"error: {summary} has no metric {', '.join(missing)} (it has {', '.join(sorted(have))}): aggregate with --metric"
+        )
+    out = []
+    for metric in metrics:
+        cell = {
+            (factor(r, "attack", attack), factor(r, "defense", defense)): float(r["median"])
+            for r in rows
+            if r["metric"] == metric
+        }
+        defenses = [d for d in DEFENSES if any(k[1] == d for k in cell)]
+        lines = [
+            f"**{metric}** (median over seeds)",
+            "",
+            "| attack | " + " | ".join(defenses) + " |",
+            "|---|" + "---|" * len(defenses),
+        ]
+        for attack in [a for a in ATTACKS if any(k[0] == a for k in cell)]:
+            lines.append(
+                f"| {attack} | " + " | ".join(f"{cell[(attack, d)]:.4g}" if (attack, d) in cell else "" for d in defenses) + " |"
+            )
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("summary", type=Path)
+    parser.add_argument("--metric", action="append", default=None)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--attack", help="the attack of a sweep that kept it fixed")
+    parser.add_argument("--defense", help="the defence of a sweep that kept it fixed")
+    args = parser.parse_args()
+    text = tables(args.summary, args.metric or ["target_hr@50", "rmse", "loo_hr@10"], args.attack, args.defense)
+    if args.out:
+        args.out.write_text(text)  # before printing: a closed pipe (`| head`) must not lose the file
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

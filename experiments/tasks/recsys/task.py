@@ -1,0 +1,264 @@
+"""Recsys task: shilling attacks against MF and the defences none / APR / noise / TCD (TCD, WISE 2022;
+Co-Attack and GCoAttack, World Wide Web 2023).
+
+One job = one cell (attack, attack size, defence, model, data set, seed):
+1. read the ratings (`dataset`, a `data.ratings` loader) and the target items (`task.targets`);
+2. the attack (`attack.method`) writes n_fake = round(attack.size x n_users) fake profiles of
+   `attack.filler` filler items (default: average profile length - #targets) + targets rated R;
+3. the defence (`defense.method`) trains 1 model (none, apr, noise) or 3 (tcd) on real + fake ratings
+   for `task.epochs` with a plain loop (models/recsys/training.py); model 0 is evaluated every epoch;
+4. metrics.json: `test/*` at the last epoch, and `test_best_epoch/target_hr@50`, the target HR@50 at the
+   epoch of minimum test RMSE (the reference's reading, 1.5-2x higher: an optimistic, test-chosen epoch).
+Per-epoch metrics go to the loggers (series "epoch"); the fake profiles to artifacts/fake_profiles.csv.
+Resume: the loop state is saved every epoch (`ctx.save_state("recsys")`) and picked up per `ckpt_path`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from common.errors import UserError
+from common.files import atomic_write_with, writable_dir
+from data.ratings import RatingData
+from experiments.core.run_context import RunContext
+from experiments.core.task import TaskResult
+from models.recsys import metrics as M
+from models.recsys.training import LoopStats, Samples, fit
+
+log = logging.getLogger(__name__)
+STATE = "recsys"
+
+
+def resolve_targets(spec: Any, data: RatingData) -> list[int]:
+    """`task.targets`: a set named in `dataset.targets` or a list of 0-indexed item ids in the catalogue."""
+    sets = data.info.get("targets", {})
+    if isinstance(spec, str):
+        if spec not in sets:
+            raise UserError(
+                f"task.targets={spec!r} is not a target set of dataset {data.name} (known: {', '.join(sets) or 'none'}); "
+                "name one or give a list of item ids"
+            )
+        items = list(sets[spec])
+    else:
+        items = [int(x) for x in spec]
+    bad = [i for i in items if not 0 <= i < data.n_items]
+    if not items or bad:
+        raise UserError(f"task.targets: item ids {bad or items} are not in the catalogue [0, {data.n_items}) of {data.name}")
+    return items
+
+
+def attack_shape(cfg: DictConfig, ctx: RunContext, data: RatingData, n_targets: int, injects: bool) -> tuple[int, int]:
+    """(n_fake, n_filler) from `attack.size` (fraction of users, in (0, 0.5]) and `attack.filler`."""
+    if not injects:
+        return 0, 0
+    size = float(cfg.attack.size)
+    if not 0 < size <= 0.5:
+        raise UserError(f"attack.size={size}: must be a fraction of users in (0, 0.5], e.g. 0.03 for 3 %")
+    n_fake = ctx.limit(max(1, int(round(size * data.n_users))))  # debug=fast: a couple of fake users
+    filler = cfg.attack.get("filler")
+    if filler is None:
+        filler = int(round(len(data.train[0]) / data.n_users)) - n_targets
+    if not 0 < int(filler) <= data.n_items - n_targets:
+        raise UserError(f"attack.filler={filler}: must be in [1, {data.n_items - n_targets}]")
+    return n_fake, int(filler)
+
+
+def evaluate(
+    model: torch.nn.Module, data: RatingData, rated: torch.Tensor, targets: Sequence[int], ks: Sequence[int], loo_k: int
+) -> dict[str, float]:
+    """Every metric of model 0 on the real users (metrics.py)."""
+    with torch.no_grad():
+        scores = model.full_scores()[: data.n_users]
+    real_rated = rated[: data.n_users]
+    out = M.target_hit_metrics(scores, real_rated, targets, ks)
+    out["prediction_shift"] = M.prediction_shift(scores, real_rated, targets, data.max_rating)
+    users, items, ratings = (torch.as_tensor(x) for x in data.test)
+    out.update(M.rating_errors(scores, users, items, ratings.float(), data.max_rating))
+    if data.test_negatives is not None:
+        out[f"loo_hr@{loo_k}"] = M.loo_hit_rate(scores, users, items, torch.as_tensor(data.test_negatives), loo_k)
+    return out
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    """`task.cache_dir` when writable (default under the data root), else ~/.cache/fivefold/recsys."""
+    return writable_dir(cfg.task.cache_dir, Path.home() / ".cache" / "fivefold" / "recsys", "task.cache_dir")
+
+
+def make_profiles(
+    cfg: DictConfig,
+    attack: Any,
+    data: RatingData,
+    train: torch.Tensor,
+    targets: list[int],
+    n_fake: int,
+    n_filler: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The fake profiles; a model-based attack (`attack.cache`) reuses profiles cached for the same data,
+    targets, attack settings, size and seed, so the defences of one sweep face the same profiles."""
+    if not n_fake:
+        return torch.zeros(0, data.n_items)
+    path = None
+    if cfg.attack.get("cache"):
+        key = json.dumps(
+            dict(
+                data=data.name,
+                n=[data.n_users, data.n_items, len(data.train[0])],
+                targets=targets,
+                attack=OmegaConf.to_container(cfg.attack.method, resolve=True),
+                n_fake=n_fake,
+                n_filler=n_filler,
+                seed=int(cfg.seed),
+                limit=cfg.task.get("limit"),
+            ),
+            sort_keys=True,
+        )
+        path = cache_dir(cfg) / f"profiles_{cfg.attack.name}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        if path.is_file():
+            log.info("attack %s: profiles from cache %s", cfg.attack.name, path)
+            return torch.load(path)
+    t0 = time.perf_counter()
+    fake = attack.generate(torch.as_tensor(train), torch.as_tensor(targets), n_fake, n_filler, data.max_rating, generator)
+    log.info("attack %s: %d fake profiles in %.1f s", cfg.attack.name, len(fake), time.perf_counter() - t0)
+    if path is not None:
+        atomic_write_with(path, lambda tmp: torch.save(fake, tmp))
+    return fake
+
+
+def profiles_csv(fake: torch.Tensor, first_user: int) -> str:
+    rows, cols = fake.nonzero(as_tuple=True)
+    lines = [f"{int(u) + first_user},{int(i)},{float(fake[u, i]):g}" for u, i in zip(rows, cols)]
+    return "".join(line + "\n" for line in ["user,item,rating", *lines])
+
+
+def results_table(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> str:
+    head = (
+        f"recsys: model={cfg.model.name} dataset={cfg.dataset.name} attack={cfg.attack.name} "
+        f"(size {extra['attack_size']}, {extra['n_fake']} fake users x {extra['n_filler']} filler) "
+        f"defense={cfg.defense.name} epochs={extra['epochs']} seed={cfg.seed}\n\n"
+    )
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
+    return head + "| metric | value |\n|---|---|\n" + rows
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    if cfg.task.get("threads"):
+        torch.set_num_threads(int(cfg.task.threads))
+    data: RatingData = instantiate(cfg.dataset)
+    targets = resolve_targets(
+        OmegaConf.to_object(cfg.task.targets) if not isinstance(cfg.task.targets, str) else cfg.task.targets, data
+    )
+    epochs = ctx.limit(int(cfg.task.epochs))
+    attack = instantiate(cfg.attack.method)
+    if hasattr(attack, "epochs"):  # surrogate models: debug=fast bounds their epochs too
+        attack.epochs = ctx.limit(int(attack.epochs))
+    defense = instantiate(cfg.defense.method)
+    n_fake, n_filler = attack_shape(cfg, ctx, data, len(targets), getattr(attack, "injects", True))
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    state = ctx.load_state(STATE)
+
+    train = torch.as_tensor(data.train_matrix())
+    if state is not None:
+        fake = state["fake"]
+    else:
+        fake = make_profiles(cfg, attack, data, train, targets, n_fake, n_filler, generator)
+        ctx.write_artifact("fake_profiles.csv", profiles_csv(fake, data.n_users))
+    poisoned = torch.cat([train, fake])
+    rated = poisoned > 0
+    users, items = rated.nonzero(as_tuple=True)
+    samples = Samples(users, items, poisoned[users, items] / data.max_rating)
+
+    n_models = getattr(defense, "n_models", 1)
+    optimizer = instantiate(cfg.model.optimizer)  # a partial: each LightningModule builds its own
+    models = [
+        instantiate(cfg.model.network)(n_users=poisoned.shape[0], n_items=data.n_items, optimizer=optimizer)
+        for _ in range(n_models)
+    ]
+    optimizers = [m.configure_optimizers() for m in models]
+    history: list[dict[str, float]] = []
+    start = 0
+    stats = LoopStats()
+    if state is not None:
+        for m, o, ms, os_ in zip(models, optimizers, state["models"], state["optimizers"]):
+            m.load_state_dict(ms)
+            o.load_state_dict(os_)
+        history, start = state["history"], state["epoch"] + 1
+        generator.set_state(state["generator"])
+        # the loop's counters, so train/* keys cover every epoch after a resume too (older states: counts only)
+        stats = LoopStats(**state["stats"]) if "stats" in state else LoopStats(pseudo_per_model=state.get("pseudo_per_model", []))
+
+    def on_epoch_end(epoch: int, loss: float) -> None:
+        row = evaluate(models[0], data, rated, targets, cfg.task.ks, int(cfg.task.loo_k))
+        row.update(epoch=epoch + 1, train_loss=loss)
+        history.append(row)
+        ctx.log_metrics({f"epoch/{k}": v for k, v in row.items()}, step=epoch, series="epoch")
+        log.info("epoch %d: %s", epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        ctx.save_state(
+            STATE,
+            dict(
+                fake=fake,
+                models=[m.state_dict() for m in models],
+                epoch=epoch,
+                history=history,
+                optimizers=[o.state_dict() for o in optimizers],
+                generator=generator.get_state(),
+                stats=dataclasses.asdict(stats),
+            ),
+        )
+
+    fit(
+        models,
+        optimizers,
+        samples,
+        defense,
+        epochs,
+        int(cfg.task.batch_size),
+        rated,
+        data.max_rating,
+        generator,
+        start_epoch=start,
+        on_epoch_end=on_epoch_end,
+        stats=stats,
+        watch=(data.n_users, torch.as_tensor(targets)),
+    )
+    if not history:
+        raise UserError(f"task.epochs={cfg.task.epochs}: nothing was trained; set task.epochs >= 1")
+    last = history[-1]
+    best = min(history, key=lambda row: row["rmse"])
+    metrics = {f"test/{k}": v for k, v in last.items() if k not in ("epoch", "train_loss")}
+    metrics["test/epoch"] = last["epoch"]
+    metrics["test_best_epoch/target_hr@50"] = best.get("target_hr@50", float("nan"))
+    metrics["test_best_epoch/epoch"] = best["epoch"]
+    if stats.train_seconds > 0:
+        metrics["train/samples_per_s"] = stats.samples / stats.train_seconds
+    if stats.pseudo_per_model:
+        metrics["train/pseudo_labels_per_model"] = float(np.mean(stats.pseudo_per_model))
+    if stats.target_label_share:  # the last epoch's three models
+        metrics["train/target_pseudo_label_share"] = float(np.mean(stats.target_label_share[-3:]))
+        metrics["train/target_pseudo_label_mean"] = float(np.nanmean(stats.target_label_mean[-3:]))
+        metrics["train/nontarget_pseudo_label_mean"] = float(np.nanmean(stats.other_label_mean[-3:]))
+    extra = dict(attack_size=float(cfg.attack.size) if n_fake else 0.0, n_fake=n_fake, n_filler=n_filler, epochs=epochs)
+    # Factor names differ from the override keys (attack=, defense=) that experiments.analysis.aggregate adds itself.
+    record = dict(
+        attack_name=str(cfg.attack.name),
+        defense_name=str(cfg.defense.name),
+        model_name=str(cfg.model.name),
+        dataset_name=str(cfg.dataset.name),
+        attack_size=extra["attack_size"],
+        seed=int(cfg.seed),
+        targets=",".join(map(str, targets)),
+        **{k.split("/", 1)[1] if k.startswith("test/") else k: v for k, v in metrics.items() if not k.endswith("/epoch")},
+    )  # epochs stay in metrics.json: an int field would read as a factor
+    return TaskResult(metrics=metrics, table=results_table(cfg, metrics, extra), records=[record])

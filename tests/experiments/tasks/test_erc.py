@@ -1,0 +1,168 @@
+"""The ERC task end to end, in-process: every experiment's smoke run, the metrics.json keys, epoch
+choice, condition overrides, bad input, and CMATH beating chance on planted-signal data."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from common.errors import UserError
+from experiments.core.runner import run_task
+from experiments.tasks.erc.task import condition_models, select_epoch
+from tests.conftest import experiments_of_task
+from tests.data.test_conversations import feature_tuple
+
+EXPERIMENTS = experiments_of_task("erc")
+KEYS = (
+    "test_weighted_f1_median",
+    "test_weighted_f1_q25",
+    "test_weighted_f1_q75",
+    "test_accuracy_median",
+    "test_accuracy_q25",
+    "test_accuracy_q75",
+    "val_weighted_f1_median",
+    "test_weighted_f1_max_epoch_median",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)  # the task sets task.num_threads
+
+
+@pytest.fixture
+def feature_pickles(tmp_path: Path) -> dict[str, Path]:
+    paths = {}
+    for name, layout in (("cmath_iemocap", "sdt_iemocap"), ("cmath_meld", "sdt_meld")):
+        paths[name] = tmp_path / f"{layout}.pkl"
+        with open(paths[name], "wb") as handle:
+            pickle.dump(feature_tuple(layout, one_hot=layout.endswith("meld")), handle)
+    return paths
+
+
+def test_every_experiment_is_found():
+    assert {
+        "cmath_iemocap_text",
+        "cmath_meld_text",
+        "cmath_iemocap",
+        "cmath_meld",
+        "cmath_iemocap_ablation",
+        "cmath_modality_quality",
+    } <= set(EXPERIMENTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_of_every_experiment(experiment, make_config, data_dir, feature_pickles, tmp_path):
+    extra = (
+        [f"dataset.corpus.path={feature_pickles[experiment]}", "dataset.corpus.num_speakers=3"]
+        if experiment in feature_pickles
+        else []
+    )
+    if experiment == "cmath_meld":
+        extra += ["dataset.corpus.label_names=[a,b,c,d,e,f]"]
+    cfg = make_config(f"experiment={experiment}", "debug=fast", *extra)
+    run_task(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    conditions = [c for c, spec in cfg.erc.conditions.items() if spec is not None]
+    assert {k.split("/")[0] for k in metrics} == set(conditions)
+    for condition in conditions:
+        for key in KEYS:
+            assert 0.0 <= metrics[f"{condition}/{key}"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == len(conditions) * 2  # debug=fast: task.limit = 2 seeds
+    assert {(r["condition"], r["seed"]) for r in records} == {(c, s) for c in conditions for s in (0, 1)}
+    assert "max-epoch" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_select_epoch_uses_validation_only():
+    history = [
+        {"epoch": 0, "val_weighted_f1": 0.5, "test_weighted_f1": 0.9, "test_accuracy": 0.9},
+        {"epoch": 1, "val_weighted_f1": 0.7, "test_weighted_f1": 0.6, "test_accuracy": 0.6},
+        {"epoch": 2, "val_weighted_f1": 0.7, "test_weighted_f1": 0.5, "test_accuracy": 0.5},
+    ]
+    row = select_epoch(history, "val_weighted_f1")
+    assert row["best_epoch"] == 1 and row["test_weighted_f1"] == 0.6  # earliest of the tied best
+    assert row["test_weighted_f1_max_epoch"] == 0.9
+    with pytest.raises(UserError, match="task.select_on"):
+        select_epoch(history, "val_nope")
+
+
+def test_condition_overrides_make_ablations(make_config):
+    cfg = make_config("experiment=cmath_iemocap_ablation")
+    models = condition_models(cfg)
+    assert models["cmath_no_recon"].network.reconstruction is False and models["cmath"].network.reconstruction is True
+    assert models["bigru"].network._target_.endswith("BiGRU") and models["symmetric"].network.symmetric is True
+    assert models["cmath_no_distill"].optimizer.lr == cfg.model.lr
+    OmegaConf.set_struct(cfg, False)
+    cfg.erc.conditions = {"x": {"model": "main", "set": {"network.nope": 1}}}
+    with pytest.raises(UserError, match="network.nope"):
+        condition_models(cfg)
+    cfg.erc.conditions = {"x": {"model": "elsewhere"}}
+    with pytest.raises(UserError, match="erc.conditions.x.model"):
+        condition_models(cfg)
+
+
+@pytest.mark.slow
+def test_missing_feature_pickle_is_one_line(run_cli, tmp_path):
+    result = run_cli("experiment=cmath_iemocap", "debug=fast", f"paths.data_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "missing data file" in result.stderr and "iemocap_multimodal_features.pkl" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cmath_beats_chance_on_planted_signal(make_config, tmp_path):
+    cfg = make_config(
+        "task=erc",
+        "dataset=synthetic_erc",
+        "logger=none",
+        "callbacks=none",
+        "task.num_seeds=1",
+        "task.max_epochs=12",
+        "model.lr=1e-3",
+        "trainer.enable_progress_bar=false",
+        "~erc.conditions.symmetric",
+        "~erc.conditions.bigru",
+    )
+    run_task(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["cmath/test_accuracy_median"] > 0.6  # chance: 0.25 (4 classes)
+
+
+def epoch_learning_rates(run_dir: Path, fit: str) -> list[float]:
+    lines = (run_dir / "artifacts" / "history" / f"{fit}.csv").read_text().splitlines()
+    column = lines[0].split(",").index("train_lr")
+    return [float(line.split(",")[column]) for line in lines[1:]]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_lr_schedule_is_a_protocol_for_every_condition(make_config, tmp_path, schedule):
+    cfg = make_config(
+        "task=erc",
+        "dataset=synthetic_erc",
+        "dataset.corpus.num_dialogues=[8,4,4]",
+        "logger=none",
+        "callbacks=none",
+        "task.num_seeds=1",
+        "task.max_epochs=4",
+        "trainer.enable_progress_bar=false",
+        "~erc.conditions.symmetric",
+        f"lr_schedule={schedule}",
+    )
+    run_task(cfg, tmp_path / "run")
+    for fit, lr in (("cmath_seed0", cfg.model.lr), ("bigru_seed0", cfg.erc.models.bigru.lr)):
+        rates = epoch_learning_rates(tmp_path / "run", fit)
+        assert rates[0] == pytest.approx(lr)
+        if schedule == "constant":
+            assert rates == pytest.approx([lr] * 4)
+        else:  # cosine over the 4 epochs of the fit: lr * (1 + cos(pi * e / 4)) / 2
+            assert rates == pytest.approx([lr * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-5)  # csv: 6 digits
