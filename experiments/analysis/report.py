@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from common.errors import UserError
+from experiments.analysis.tables import markdown_table
 
 SUMMARY_FIELDS = ["condition", "metric", "n", "runs", "median", "q25", "q75", "mean"]
 COMPARE_FIELDS = ["factor", "metric", "a", "b", "n_a", "n_b", "median_a", "median_b", "diff_median", "test", "p", "p_holm"]
@@ -39,13 +40,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _md_table(header: list[str], body: list[list[str]]) -> str:
-    """A Markdown table; pipes in cells are escaped so columns stay aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
-    return "\n".join(lines)
-
-
 def _cell(row: dict[str, Any]) -> str:
     if row["n"] == 0:
         return f"– (0/{row['runs']})"
@@ -60,7 +54,7 @@ def _wide_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     for row in rows:
         grid.setdefault(tuple(row.get(c) for c in cols), {})[row["condition"]] = _cell(row)
     body = [[_fmt(v) for v in key] + [cells.get(c, "") for c in conditions] for key, cells in grid.items()]
-    return _md_table([*cols, *conditions], body)
+    return markdown_table([*cols, *conditions], body)
 
 
 def render_markdown(
@@ -94,7 +88,7 @@ def render_markdown(
         ]
         header = [*ccols, "metric", "factor", "A", "B", "n A", "n B", "median A − B", "p", "p (Holm)"]
         tests = " / ".join(dict.fromkeys(r["test"] for r in comparisons))
-        parts += [f"## Comparisons ({tests}, two-sided; Holm-adjusted within each row group)", _md_table(header, body)]
+        parts += [f"## Comparisons ({tests}, two-sided; Holm-adjusted within each row group)", markdown_table(header, body)]
     if not summary:
         parts.append("No numeric metrics found.")
     return "\n\n".join(parts) + "\n"
