@@ -15,14 +15,13 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from common.errors import UserError
+from common.errors import UserError, print_error
 from experiments.analysis.report import log_to_wandb, sort_value, write_outputs
 from experiments.analysis.stats import holm, mann_whitney, median_iqr, wilcoxon_paired
 from experiments.core.run_dir import PRESENTATION_ONLY, under_any
@@ -476,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.wandb:
             log_to_wandb(args.out or args.multirun_dir / "aggregate", summary, args.multirun_dir)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     print(markdown, end="")
     return 0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from common.errors import exit_with_error
 
 
 def _first_existing_parent(path: Path) -> Path:
@@ -40,8 +41,7 @@ class CheckOutputDir(Callback):
     def _check(directory: str, key: str) -> None:
         reason = unwritable_reason(Path(directory))
         if reason:
-            print(f"error: {key}={directory}: {reason}; set {key} or paths.log_dir to a writable folder", file=sys.stderr)
-            raise SystemExit(2)
+            exit_with_error(f"{key}={directory}: {reason}; set {key} or paths.log_dir to a writable folder")
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.run.dir, "hydra.run.dir")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides
@@ -29,6 +29,8 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import OmegaConf
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+
+from common.errors import exit_with_error
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,6 @@ SBATCH_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"node configuration", ("cpus_per_task", "tasks_per_node", "nodes", "mem_gb")),
     (r"constraint|feature", ("constraint",)),
 )
-
-
-def _fail(message: str, status: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(status) from None
 
 
 def sbatch_refusal(stderr: str, params: dict[str, Any]) -> str:
@@ -156,7 +153,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
                 **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]},
             )
         except RuntimeError as exc:  # "Could not detect srun"
-            _fail(
+            exit_with_error(
                 f"hydra/launcher=slurm: {exc} (no `srun` on PATH; submit from a SLURM login node, or start a "
                 "local cluster with scripts/slurm_local.sh start)"
             )
@@ -166,7 +163,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
                 **{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k not in init_keys}
             )
         except ValueError as exc:
-            _fail(f"hydra.launcher: {str(exc).splitlines()[0]}")
+            exit_with_error(f"hydra.launcher: {str(exc).splitlines()[0]}")
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +178,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             with contextlib.redirect_stderr(captured):
                 jobs = executor.map_array(self, *zip(*job_params))
         except FailedJobError as exc:
-            _fail(sbatch_refusal(str(exc) or captured.getvalue(), self.params))
+            exit_with_error(sbatch_refusal(str(exc) or captured.getvalue(), self.params))
         sys.stderr.write(captured.getvalue())
         log.info("submitted SLURM job(s) %s", ", ".join(sorted({j.job_id.split("_")[0] for j in jobs})))
 
@@ -190,5 +187,5 @@ class SlurmLauncher(SubmititSlurmLauncher):
             try:
                 results.append(job.results()[0])
             except UncompletedJobError as exc:
-                _fail(job_failure(job, exc))
+                exit_with_error(job_failure(job, exc))
         return results

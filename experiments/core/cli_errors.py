@@ -11,7 +11,8 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+
+from common.errors import exit_with_error
 
 _FLAG = "HYDRA_FULL_ERROR"
 _SET_HERE = "_FIVEFOLD_SET_HYDRA_FULL_ERROR"
@@ -62,15 +63,10 @@ def call_with_one_line_errors(main: Callable[[], object]) -> None:
         if isinstance(error, InstantiationException) or not os.environ.get(_SET_HERE):
             raise
         message = one_line(error)
-        _exit(message + sweep_hint(message, sys.argv[1:]))
+        exit_with_error(message + sweep_hint(message, sys.argv[1:]))
 
 
 def task_started() -> None:
     """Hand error reporting back to Hydra once composition has succeeded."""
     if os.environ.pop(_SET_HERE, None):
         os.environ.pop(_FLAG, None)
-
-
-def _exit(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)

@@ -30,10 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from common.errors import UserError
 from common.files import atomic_write_bytes, atomic_write_text, atomic_write_with
 from common.values import plain_value
+from experiments.core.run_dir import ResumeFrom
 
 log = logging.getLogger(__name__)
 
-RESUME_AUTO, RESUME_LAST, RESUME_NEVER = None, "last", "none"
 _RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK")  # torchrun, srun tasks, Lightning's own children
 
 
@@ -184,22 +184,23 @@ class RunContext:
         a single file only makes sense for a run with one fit, so a second fit asking is an error.
         """
         choice = self.cfg.get("ckpt_path")
+        resume = ResumeFrom.parse(choice)
         last = self.checkpoint_dir(fit_name) / "last.ckpt"
-        if choice == RESUME_NEVER:
+        if resume.kind == "never":
             return None
-        if choice is RESUME_AUTO:
+        if resume.kind == "auto":
             return str(last) if last.is_file() else None
-        if choice == RESUME_LAST:
+        if resume.kind == "last":
             if not last.is_file():
                 raise UserError(
                     f"ckpt_path=last: no checkpoint at {last}; run in that dir first (hydra.run.dir=...) or drop ckpt_path"
                 )
             return str(last)
-        path = Path(choice)
-        if path.is_dir():
-            in_dir = path / "checkpoints" / fit_name / "last.ckpt"
+        assert resume.path is not None
+        if resume.kind == "run_dir":
+            in_dir = resume.path / "checkpoints" / fit_name / "last.ckpt"
             return str(in_dir) if in_dir.is_file() else None
-        if not path.is_file():
+        if not resume.path.is_file():
             raise UserError(f"ckpt_path={choice}: no such checkpoint file or run dir")
         self._fits_resumed_from_file.add(fit_name)
         if len(self._fits_resumed_from_file) > 1:
@@ -207,7 +208,7 @@ class RunContext:
                 f"ckpt_path={choice} is one checkpoint, but this run has several fits "
                 f"({', '.join(sorted(self._fits_resumed_from_file))}); pass the run dir instead"
             )
-        return str(path)
+        return str(resume.path)
 
     def save_state(self, name: str, state: Mapping[str, Any]) -> Path:
         """Save a loop's state (tensors, numbers, RNG states) as checkpoints/<name>/last.ckpt, atomically on

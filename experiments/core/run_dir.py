@@ -13,8 +13,9 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from common.errors import UserError
 from common.files import atomic_write_text
@@ -116,23 +117,44 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     return diffs
 
 
-def checkpoint_root(ckpt_path: Any, run_dir: Path) -> Path | None:
-    """The checkpoints/ folder a resume would read: this run dir's, another run dir's, or a file's run."""
-    if ckpt_path in (None, "last"):
-        return run_dir / "checkpoints"
-    if ckpt_path == "none":
-        return None
-    path = Path(str(ckpt_path))
-    if path.is_dir():
-        return path / "checkpoints"
-    return path.parent.parent if path.parent.parent.name == "checkpoints" else None
+@dataclass(frozen=True)
+class ResumeFrom:
+    """What `ckpt_path` asks for, parsed in this one place (see conf/config.yaml):
+    `auto` (null: this dir's last.ckpt when there is one), `last` (this dir's, required), `never` ("none"),
+    `run_dir` (each fit from its own last.ckpt in another run dir) or `file` (one checkpoint file)."""
+
+    kind: Literal["auto", "last", "never", "run_dir", "file"]
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, ckpt_path: Any) -> ResumeFrom:
+        if ckpt_path is None:
+            return cls("auto")
+        if ckpt_path == "last":
+            return cls("last")
+        if ckpt_path == "none":
+            return cls("never")
+        path = Path(str(ckpt_path))
+        return cls("run_dir" if path.is_dir() else "file", path)
+
+    def checkpoint_root(self, run_dir: Path) -> Path | None:
+        """The checkpoints/ folder a resume would read: this run dir's, another run dir's, or a file's run."""
+        if self.kind in ("auto", "last"):
+            return run_dir / "checkpoints"
+        if self.kind == "never":
+            return None
+        assert self.path is not None
+        if self.kind == "run_dir":
+            return self.path / "checkpoints"
+        return self.path.parent.parent if self.path.parent.parent.name == "checkpoints" else None
 
 
 def check_resume_config(run_dir: Path, resolved: Mapping[str, Any], ckpt_path: Any, enforce: bool) -> None:
     """Refuse, in one line naming the keys, to resume checkpoints written under a different config; record
     this run's fingerprint beside the checkpoints it will write."""
     current = fingerprint(resolved, run_dir)
-    source = checkpoint_root(ckpt_path, run_dir)
+    resume = ResumeFrom.parse(ckpt_path)
+    source = resume.checkpoint_root(run_dir)
     stored = source / FINGERPRINT_FILE if source is not None else None
     if enforce and stored is not None and stored.is_file():
         try:
@@ -146,7 +168,7 @@ def check_resume_config(run_dir: Path, resolved: Mapping[str, Any], ckpt_path: A
                 f"checkpoints in {source} were written with another config ({shown}): use another "
                 "hydra.run.dir, pass ckpt_path=none to start afresh, or resume_check=false to resume anyway"
             )
-    if ckpt_path == "none" and (run_dir / "checkpoints").is_dir():
+    if resume.kind == "never" and (run_dir / "checkpoints").is_dir():
         aside = run_dir / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
         (run_dir / "checkpoints").rename(aside)  # a fresh start must not pick up or version-suffix old files
     target = run_dir / "checkpoints" / FINGERPRINT_FILE

@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from common.errors import UserError
+from common.errors import UserError, exit_with_error
 from common.files import atomic_write_text
 from common.values import json_number
 from experiments.core.run_context import RunContext, is_global_zero
@@ -147,21 +145,16 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
             print(result.table)  # last, after the loggers' own output: the table is what a person reads
         return objective(cfg, result.metrics)
     except UserError as exc:
-        _fail(str(exc))
+        exit_with_error(str(exc))
     except InstantiationException as exc:  # "Error in call to target 'X':" + the cause + "full_key: ..."
         if isinstance(exc.__cause__, UserError):
-            _fail(str(exc.__cause__))  # our own message already names the key and the fix
+            exit_with_error(str(exc.__cause__))  # our own message already names the key and the fix
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        _fail(" ".join(lines[:3]))
+        exit_with_error(" ".join(lines[:3]))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         message = str(exc).splitlines()[0]
-        _fail(f"config {key}: {message}".replace("config : ", "config: "))
+        exit_with_error(f"config {key}: {message}".replace("config : ", "config: "))
     finally:
         if lock is not None:
             lock.release()
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2) from None

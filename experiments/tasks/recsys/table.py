@@ -13,6 +13,9 @@ import argparse
 import csv
 from pathlib import Path
 
+from common.errors import UserError, exit_on_user_error
+from experiments.analysis.tables import markdown_table
+
 ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack"]
 DEFENSES = ["none", "apr", "noise", "tcd"]
 
@@ -21,20 +24,18 @@ def factor(row: dict[str, str], name: str, fixed: str | None) -> str:
     """The row's attack or defence: its column, else the value the sweep kept fixed."""
     value = row.get(name) or fixed
     if value is None:
-        raise SystemExit(f"error: summary.csv has no '{name}' column (the sweep kept it fixed): pass --{name} <its value>")
+        raise UserError(f"summary.csv has no '{name}' column (the sweep kept it fixed): pass --{name} <its value>")
     return value
 
 
 def tables(summary: Path, metrics: list[str], attack: str | None = None, defense: str | None = None) -> str:
     if not summary.is_file():
-        raise SystemExit(
-            f"error: {summary} is not a file: run `python -m experiments.analysis.aggregate <sweep> --out <dir>` first"
-        )
+        raise UserError(f"{summary} is not a file: run `python -m experiments.analysis.aggregate <sweep> --out <dir>` first")
     rows = list(csv.DictReader(summary.open()))
     have = {r["metric"] for r in rows}
     if missing := sorted(set(metrics) - have):
-        raise SystemExit(
-            f"error: {summary} has no metric {', '.join(missing)} (it has {', '.join(sorted(have))}): aggregate with --metric"
+        raise UserError(
+            f"{summary} has no metric {', '.join(missing)} (it has {', '.join(sorted(have))}): aggregate with --metric"
         )
     out = []
     for metric in metrics:
@@ -44,21 +45,17 @@ def tables(summary: Path, metrics: list[str], attack: str | None = None, defense
             if r["metric"] == metric
         }
         defenses = [d for d in DEFENSES if any(k[1] == d for k in cell)]
-        lines = [
-            f"**{metric}** (median over seeds)",
-            "",
-            "| attack | " + " | ".join(defenses) + " |",
-            "|---|" + "---|" * len(defenses),
-        ]
-        for attack in [a for a in ATTACKS if any(k[0] == a for k in cell)]:
-            lines.append(
-                f"| {attack} | " + " | ".join(f"{cell[(attack, d)]:.4g}" if (attack, d) in cell else "" for d in defenses) + " |"
-            )
-        out.append("\n".join(lines))
+        attacks = [a for a in ATTACKS if any(k[0] == a for k in cell)]
+        body = [[a, *(f"{cell[(a, d)]:.4g}" if (a, d) in cell else "" for d in defenses)] for a in attacks]
+        out.append(f"**{metric}** (median over seeds)\n\n" + markdown_table(["attack", *defenses], body))
     return "\n\n".join(out) + "\n"
 
 
 def main() -> None:
+    exit_on_user_error(_main)
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("summary", type=Path)
     parser.add_argument("--metric", action="append", default=None)
