@@ -172,7 +172,7 @@ def test_asking_for_a_gpu_without_one_names_the_trainer(run_cli, tmp_path: Path)
             "error: Could not override 'model.nope'. To append to your config use +model.nope=1 (Key 'nope' is not in struct)",
         ),
         (
-            ("-m", "experiment=tcd_ml100k", "attack=coattack,gcoattack", "attack.method.hinge=reference"),
+            ("-m", "experiment=recsys_tcd_ml100k", "attack=coattack,gcoattack", "attack.method.hinge=reference"),
             "error: Could not override 'attack.method.hinge'. To append to your config use +attack.method.hinge=reference "
             "(Key 'hinge' is not in struct); in a sweep over attack=coattack,gcoattack, force keys of those options "
             "with ++attack.method.hinge=reference",

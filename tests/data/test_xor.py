@@ -78,7 +78,7 @@ def test_a_fixed_data_seed_gives_every_run_the_same_draw_and_null_one_per_seed()
 
 
 def test_xor_experiments_default_to_the_reference_one_draw_per_job(make_config) -> None:
-    for experiment in ("polarity_xor", "polarity_xor_sweep", "nonneg_xor"):
+    for experiment in ("polarity_xor", "polarity_xor_sweep", "polarity_nonneg_xor"):
         cfg = make_config(f"experiment={experiment}", "seed=3")
         assert cfg.dataset.data_seed == 3
     assert make_config("dataset.data_seed=null").dataset.data_seed is None

@@ -41,7 +41,7 @@ def one_thread():
 @pytest.fixture
 def feature_pickles(tmp_path: Path) -> dict[str, Path]:
     paths = {}
-    for name, layout in (("cmath_iemocap", "sdt_iemocap"), ("cmath_meld", "sdt_meld")):
+    for name, layout in (("erc_cmath_iemocap", "sdt_iemocap"), ("erc_cmath_meld", "sdt_meld")):
         paths[name] = tmp_path / f"{layout}.pkl"
         with open(paths[name], "wb") as handle:
             pickle.dump(feature_tuple(layout, one_hot=layout.endswith("meld")), handle)
@@ -50,12 +50,12 @@ def feature_pickles(tmp_path: Path) -> dict[str, Path]:
 
 def test_every_experiment_is_found():
     assert {
-        "cmath_iemocap_text",
-        "cmath_meld_text",
-        "cmath_iemocap",
-        "cmath_meld",
-        "cmath_iemocap_ablation",
-        "cmath_modality_quality",
+        "erc_cmath_iemocap_text",
+        "erc_cmath_meld_text",
+        "erc_cmath_iemocap",
+        "erc_cmath_meld",
+        "erc_cmath_iemocap_ablation",
+        "erc_cmath_modality_quality",
     } <= set(EXPERIMENTS)
 
 
@@ -67,7 +67,7 @@ def test_fast_dev_run_of_every_experiment(experiment, make_config, data_dir, fea
         if experiment in feature_pickles
         else []
     )
-    if experiment == "cmath_meld":
+    if experiment == "erc_cmath_meld":
         extra += ["dataset.corpus.label_names=[a,b,c,d,e,f]"]
     cfg = make_config(f"experiment={experiment}", "debug=fast", *extra)
     run_task(cfg, tmp_path / "run")
@@ -97,7 +97,7 @@ def test_select_epoch_uses_validation_only():
 
 
 def test_condition_overrides_make_ablations(make_config):
-    cfg = make_config("experiment=cmath_iemocap_ablation")
+    cfg = make_config("experiment=erc_cmath_iemocap_ablation")
     models = condition_models(cfg)
     assert models["cmath_no_recon"].network.reconstruction is False and models["cmath"].network.reconstruction is True
     assert models["bigru"].network._target_.endswith("BiGRU") and models["symmetric"].network.symmetric is True
@@ -113,7 +113,7 @@ def test_condition_overrides_make_ablations(make_config):
 
 @pytest.mark.slow
 def test_missing_feature_pickle_is_one_line(run_cli, tmp_path):
-    result = run_cli("experiment=cmath_iemocap", "debug=fast", f"paths.data_dir={tmp_path}")
+    result = run_cli("experiment=erc_cmath_iemocap", "debug=fast", f"paths.data_dir={tmp_path}")
     assert result.returncode == 2
     assert "missing data file" in result.stderr and "iemocap_multimodal_features.pkl" in result.stderr
     assert "Traceback" not in result.stderr

@@ -58,7 +58,7 @@ def test_fast_dev_run_of_every_experiment(experiment: str, make_config, data_dir
 @pytest.mark.slow
 def test_nonnegative_nets_cannot_solve_xor_but_unconstrained_ones_do(make_config, tmp_path: Path) -> None:
     cfg = make_config(
-        "experiment=nonneg_xor",
+        "experiment=polarity_nonneg_xor",
         "task.num_seeds=4",
         "trainer.max_epochs=40",
         "logger=none",

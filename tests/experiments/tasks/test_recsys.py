@@ -146,6 +146,8 @@ def test_a_resumed_tcd_run_reports_pseudo_labels_of_every_epoch(make_config, tmp
 
 @pytest.mark.slow
 def test_real_ml100k_average_tcd(run_cli) -> None:
-    result = run_cli("experiment=tcd_ml100k", "hydra.mode=RUN", "attack=average", "defense=tcd", "task.epochs=2", "logger=none")
+    result = run_cli(
+        "experiment=recsys_tcd_ml100k", "hydra.mode=RUN", "attack=average", "defense=tcd", "task.epochs=2", "logger=none"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "train/pseudo_labels_per_model" in result.stdout
