@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.errors import UserError
 from common.files import atomic_write_with, writable_dir
 from data.ratings import RatingData
+from experiments.analysis.tables import markdown_table
 from experiments.core.run_context import RunContext
 from experiments.core.task import TaskResult
 from models.recsys import metrics as M
@@ -149,92 +150,138 @@ def results_table(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, A
         f"(size {extra['attack_size']}, {extra['n_fake']} fake users x {extra['n_filler']} filler) "
         f"defense={cfg.defense.name} epochs={extra['epochs']} seed={cfg.seed}\n\n"
     )
-    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
-    return head + "| metric | value |\n|---|---|\n" + rows
+    return head + markdown_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in sorted(metrics.items())])
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    if cfg.task.get("threads"):
-        torch.set_num_threads(int(cfg.task.threads))
-    data: RatingData = instantiate(cfg.dataset)
-    targets = resolve_targets(
-        OmegaConf.to_object(cfg.task.targets) if not isinstance(cfg.task.targets, str) else cfg.task.targets, data
-    )
-    epochs = ctx.limit(int(cfg.task.epochs))
+@dataclasses.dataclass
+class Poisoned:
+    """The training matrix of real + fake users, and the samples the defence trains on."""
+
+    fake: torch.Tensor
+    matrix: torch.Tensor
+    rated: torch.Tensor
+    samples: Samples
+
+
+@dataclasses.dataclass
+class Loop:
+    """What the training loop carries from epoch to epoch, and what a resume restores."""
+
+    models: list[Any]
+    optimizers: list[Any]
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    start_epoch: int = 0
+    stats: LoopStats = dataclasses.field(default_factory=LoopStats)
+
+
+def read_targets(cfg: DictConfig, data: RatingData) -> list[int]:
+    spec = cfg.task.targets
+    return resolve_targets(spec if isinstance(spec, str) else OmegaConf.to_object(spec), data)
+
+
+def build_attack(cfg: DictConfig, ctx: RunContext) -> Any:
     attack = instantiate(cfg.attack.method)
     if hasattr(attack, "epochs"):  # surrogate models: debug=fast bounds their epochs too
         attack.epochs = ctx.limit(int(attack.epochs))
-    defense = instantiate(cfg.defense.method)
-    n_fake, n_filler = attack_shape(cfg, ctx, data, len(targets), getattr(attack, "injects", True))
-    generator = torch.Generator().manual_seed(int(cfg.seed))
-    state = ctx.load_state(STATE)
+    return attack
 
+
+def poison(
+    cfg: DictConfig,
+    ctx: RunContext,
+    data: RatingData,
+    attack: Any,
+    targets: list[int],
+    shape: tuple[int, int],
+    generator: torch.Generator,
+    state: dict[str, Any] | None,
+) -> Poisoned:
+    """Append the attack's fake profiles (a resume reuses the saved ones) to the real training ratings."""
     train = torch.as_tensor(data.train_matrix())
     if state is not None:
         fake = state["fake"]
     else:
-        fake = make_profiles(cfg, attack, data, train, targets, n_fake, n_filler, generator)
+        fake = make_profiles(cfg, attack, data, train, targets, *shape, generator)
         ctx.write_artifact("fake_profiles.csv", profiles_csv(fake, data.n_users))
-    poisoned = torch.cat([train, fake])
-    rated = poisoned > 0
+    matrix = torch.cat([train, fake])
+    rated = matrix > 0
     users, items = rated.nonzero(as_tuple=True)
-    samples = Samples(users, items, poisoned[users, items] / data.max_rating)
+    return Poisoned(fake, matrix, rated, Samples(users, items, matrix[users, items] / data.max_rating))
 
-    n_models = getattr(defense, "n_models", 1)
+
+def build_loop(
+    cfg: DictConfig, data: RatingData, n_users: int, n_models: int, generator: torch.Generator, state: dict[str, Any] | None
+) -> Loop:
+    """The defence's models and optimisers, restored from `state` when resuming."""
     optimizer = instantiate(cfg.model.optimizer)  # a partial: each LightningModule builds its own
-    models = [
-        instantiate(cfg.model.network)(n_users=poisoned.shape[0], n_items=data.n_items, optimizer=optimizer)
-        for _ in range(n_models)
-    ]
-    optimizers = [m.configure_optimizers() for m in models]
-    history: list[dict[str, float]] = []
-    start = 0
-    stats = LoopStats()
+    models = [instantiate(cfg.model.network)(n_users=n_users, n_items=data.n_items, optimizer=optimizer) for _ in range(n_models)]
+    loop = Loop(models, [m.configure_optimizers() for m in models])
     if state is not None:
-        for m, o, ms, os_ in zip(models, optimizers, state["models"], state["optimizers"]):
+        for m, o, ms, os_ in zip(loop.models, loop.optimizers, state["models"], state["optimizers"]):
             m.load_state_dict(ms)
             o.load_state_dict(os_)
-        history, start = state["history"], state["epoch"] + 1
+        loop.history, loop.start_epoch = state["history"], state["epoch"] + 1
         generator.set_state(state["generator"])
         # the loop's counters, so train/* keys cover every epoch after a resume too (older states: counts only)
-        stats = LoopStats(**state["stats"]) if "stats" in state else LoopStats(pseudo_per_model=state.get("pseudo_per_model", []))
+        loop.stats = (
+            LoopStats(**state["stats"]) if "stats" in state else LoopStats(pseudo_per_model=state.get("pseudo_per_model", []))
+        )
+    return loop
+
+
+def train(
+    cfg: DictConfig,
+    ctx: RunContext,
+    data: RatingData,
+    targets: list[int],
+    poisoned: Poisoned,
+    defense: Any,
+    loop: Loop,
+    epochs: int,
+    generator: torch.Generator,
+) -> None:
+    """Train with the defence; model 0 is evaluated, logged and the loop saved after every epoch."""
 
     def on_epoch_end(epoch: int, loss: float) -> None:
-        row = evaluate(models[0], data, rated, targets, cfg.task.ks, int(cfg.task.loo_k))
+        row = evaluate(loop.models[0], data, poisoned.rated, targets, cfg.task.ks, int(cfg.task.loo_k))
         row.update(epoch=epoch + 1, train_loss=loss)
-        history.append(row)
+        loop.history.append(row)
         ctx.log_metrics({f"epoch/{k}": v for k, v in row.items()}, step=epoch, series="epoch")
         log.info("epoch %d: %s", epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
         ctx.save_state(
             STATE,
             dict(
-                fake=fake,
-                models=[m.state_dict() for m in models],
+                fake=poisoned.fake,
+                models=[m.state_dict() for m in loop.models],
                 epoch=epoch,
-                history=history,
-                optimizers=[o.state_dict() for o in optimizers],
+                history=loop.history,
+                optimizers=[o.state_dict() for o in loop.optimizers],
                 generator=generator.get_state(),
-                stats=dataclasses.asdict(stats),
+                stats=dataclasses.asdict(loop.stats),
             ),
         )
 
     fit(
-        models,
-        optimizers,
-        samples,
+        loop.models,
+        loop.optimizers,
+        poisoned.samples,
         defense,
         epochs,
         int(cfg.task.batch_size),
-        rated,
+        poisoned.rated,
         data.max_rating,
         generator,
-        start_epoch=start,
+        start_epoch=loop.start_epoch,
         on_epoch_end=on_epoch_end,
-        stats=stats,
+        stats=loop.stats,
         watch=(data.n_users, torch.as_tensor(targets)),
     )
-    if not history:
+    if not loop.history:
         raise UserError(f"task.epochs={cfg.task.epochs}: nothing was trained; set task.epochs >= 1")
+
+
+def final_metrics(history: list[dict[str, float]], stats: LoopStats) -> dict[str, float]:
+    """`test/*` at the last epoch, the target HR@50 at the minimum-RMSE epoch, and the loop's `train/*` counters."""
     last = history[-1]
     best = min(history, key=lambda row: row["rmse"])
     metrics = {f"test/{k}": v for k, v in last.items() if k not in ("epoch", "train_loss")}
@@ -249,16 +296,41 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         metrics["train/target_pseudo_label_share"] = float(np.mean(stats.target_label_share[-3:]))
         metrics["train/target_pseudo_label_mean"] = float(np.nanmean(stats.target_label_mean[-3:]))
         metrics["train/nontarget_pseudo_label_mean"] = float(np.nanmean(stats.other_label_mean[-3:]))
-    extra = dict(attack_size=float(cfg.attack.size) if n_fake else 0.0, n_fake=n_fake, n_filler=n_filler, epochs=epochs)
-    # Factor names differ from the override keys (attack=, defense=) that experiments.analysis.aggregate adds itself.
-    record = dict(
+    return metrics
+
+
+def job_record(cfg: DictConfig, metrics: dict[str, float], targets: list[int], attack_size: float) -> dict[str, Any]:
+    """The job's one record. Factor names differ from the override keys (attack=, defense=) that
+    experiments.analysis.aggregate adds itself; epochs stay in metrics.json, since an int field would read as a factor."""
+    return dict(
         attack_name=str(cfg.attack.name),
         defense_name=str(cfg.defense.name),
         model_name=str(cfg.model.name),
         dataset_name=str(cfg.dataset.name),
-        attack_size=extra["attack_size"],
+        attack_size=attack_size,
         seed=int(cfg.seed),
         targets=",".join(map(str, targets)),
         **{k.split("/", 1)[1] if k.startswith("test/") else k: v for k, v in metrics.items() if not k.endswith("/epoch")},
-    )  # epochs stay in metrics.json: an int field would read as a factor
-    return TaskResult(metrics=metrics, table=results_table(cfg, metrics, extra), records=[record])
+    )
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    if cfg.task.get("threads"):
+        torch.set_num_threads(int(cfg.task.threads))
+    data: RatingData = instantiate(cfg.dataset)
+    targets = read_targets(cfg, data)
+    epochs = ctx.limit(int(cfg.task.epochs))
+    attack = build_attack(cfg, ctx)
+    defense = instantiate(cfg.defense.method)
+    n_fake, n_filler = attack_shape(cfg, ctx, data, len(targets), getattr(attack, "injects", True))
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    state = ctx.load_state(STATE)
+    poisoned = poison(cfg, ctx, data, attack, targets, (n_fake, n_filler), generator, state)
+    loop = build_loop(cfg, data, poisoned.matrix.shape[0], getattr(defense, "n_models", 1), generator, state)
+    train(cfg, ctx, data, targets, poisoned, defense, loop, epochs, generator)
+    metrics = final_metrics(loop.history, loop.stats)
+    attack_size = float(cfg.attack.size) if n_fake else 0.0
+    extra = dict(attack_size=attack_size, n_fake=n_fake, n_filler=n_filler, epochs=epochs)
+    return TaskResult(
+        metrics=metrics, table=results_table(cfg, metrics, extra), records=[job_record(cfg, metrics, targets, attack_size)]
+    )
