@@ -16,6 +16,9 @@ import csv
 import io
 import logging
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from hydra.utils import instantiate
@@ -24,6 +27,7 @@ from omegaconf import DictConfig
 
 from common.errors import UserError
 from data.videos import contact_sheet, list_videos, png_bytes, read_frames, write_video
+from experiments.analysis.tables import markdown_table
 from experiments.core.run_context import RunContext
 from experiments.core.task import TaskResult
 from models.memorability.pipeline import crop_clip, evenly_spaced, summarize_deltas
@@ -41,12 +45,9 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
-    def cell(value) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    """Floats to 4 decimals; a column a row lacks is an empty cell."""
+    cell = lambda value: f"{value:.4f}" if isinstance(value, float) else str(value)  # noqa: E731
+    return markdown_table(columns, [[cell(row.get(c, "")) for c in columns] for row in rows])
 
 
 def _delta_figure(clips: list[str], initial: np.ndarray, scores: dict[str, np.ndarray]) -> Figure:
@@ -63,73 +64,109 @@ def _delta_figure(clips: list[str], initial: np.ndarray, scores: dict[str, np.nd
     return figure
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    """Crop every clip with every cropper, score before and after."""
-    task = cfg.task
-    saliency = instantiate(cfg.saliency.model)
+@dataclass
+class CropScores:
+    """Per-clip scores of the original and of every crop, the rows written to artifacts/, and the timings."""
+
+    clips: list[str]
+    croppers: list[str]
+    initial: np.ndarray = field(init=False)
+    cropped: dict[str, np.ndarray] = field(init=False)
+    score_rows: list[dict] = field(default_factory=list)
+    box_rows: list[dict] = field(default_factory=list)
+    frames_total: int = 0
+    decode_seconds: float = 0.0
+    saliency_seconds: float = 0.0
+    crop_seconds: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.initial = np.zeros(len(self.clips))
+        self.cropped = {name: np.zeros(len(self.clips)) for name in self.croppers}
+        self.crop_seconds = dict.fromkeys(self.croppers, 0.0)
+
+
+def build_croppers(cfg: DictConfig) -> dict[str, Any]:
     croppers = {str(name): instantiate(node) for name, node in cfg.cropping.crops.items()}
     if not croppers:
         raise UserError("cropping.crops is empty: choose a crop set, e.g. cropping=paper")
-    min_frames = max(
+    return croppers
+
+
+def frames_needed(task: DictConfig, croppers: dict[str, Any]) -> int:
+    """At least `task.min_frames`, and a moving-average crop's whole window."""
+    return max(
         [int(getattr(c, "window", 1)) if getattr(c, "smoothing", "") == "moving_average" else 1 for c in croppers.values()]
         + [int(task.min_frames)]
     )
+
+
+def crop_and_score_clip(
+    cfg: DictConfig, ctx: RunContext, i: int, path: Path, saliency: Any, croppers: dict[str, Any], predictor: Any, out: CropScores
+) -> None:
+    """Read one clip, crop it every way, score the original and each crop on the same frames, and write its
+    contact sheet (and cropped videos when `task.write_videos`)."""
+    task = cfg.task
+    start = time.perf_counter()
+    frames, indices, info = read_frames(path, num_frames=task.num_frames, min_frames=frames_needed(task, croppers))
+    out.decode_seconds += time.perf_counter() - start
+    result = crop_clip(frames, saliency, croppers)
+    out.frames_total += len(frames)
+    out.saliency_seconds += result.saliency_seconds
+    picks = evenly_spaced(len(frames), int(task.score_frames))
+    out.initial[i] = predictor.score_video([frames[j] for j in picks])
+    out.score_rows.append({"clip": path.stem, "version": "original", "score": out.initial[i], "delta": 0.0})
+    sheet_rows = [("original", [frames[j] for j in picks])]
+    for name, crop in result.crops.items():
+        out.crop_seconds[name] += crop.seconds
+        out.cropped[name][i] = predictor.score_video([crop.frames[j] for j in picks])
+        score = out.cropped[name][i]
+        out.score_rows.append({"clip": path.stem, "version": f"crop_{name}", "score": score, "delta": score - out.initial[i]})
+        out.box_rows += [
+            {"clip": path.stem, "crop": name, "frame": index, "x": b[0], "y": b[1], "w": b[2], "h": b[3]}
+            for index, b in zip(indices, crop.boxes.tolist())
+        ]
+        sheet_rows.append((f"crop_{name}", [crop.frames[j] for j in picks]))
+        if task.write_videos:
+            ctx.write_artifact(
+                f"videos/{path.stem}_{name}.mp4", lambda tmp, f=crop.frames, fps=info.fps: write_video(tmp, f, fps)
+            )
+    ctx.write_artifact(f"contact_sheets/{path.stem}.png", png_bytes(contact_sheet(sheet_rows)))
+    log.info("%s: original %.3f, %s", path.stem, out.initial[i], ", ".join(f"{n} {out.cropped[n][i]:.3f}" for n in croppers))
+
+
+def write_crop_artifacts(ctx: RunContext, out: CropScores) -> None:
+    ctx.write_artifact("scores.csv", _csv(out.score_rows, ["clip", "version", "score", "delta"]))
+    ctx.write_artifact("boxes.csv", _csv(out.box_rows, ["clip", "crop", "frame", "x", "y", "w", "h"]))
+    ctx.save_figure(_delta_figure(out.clips, out.initial, out.cropped), "delta_vs_initial")
+
+
+def crop_metrics(out: CropScores, backend: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """`original/score_mean`, `decode/fps`, and per crop the score deltas and the saliency + crop frame rate."""
+    n = len(out.clips)
+    metrics = {"original/score_mean": float(out.initial.mean()), "decode/fps": out.frames_total / max(out.decode_seconds, 1e-9)}
+    records = [{"condition": "original", "backend": backend, "clips": n, "score_mean": float(out.initial.mean())}]
+    for name, values in out.cropped.items():
+        summary = summarize_deltas(out.initial, values)
+        summary["fps"] = out.frames_total / max(out.saliency_seconds + out.crop_seconds[name], 1e-9)
+        metrics.update({f"crop_{name}/{k}": v for k, v in summary.items()})
+        records.append({"condition": f"crop_{name}", "backend": backend, "clips": n, **summary})
+    return metrics, records
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    """Crop every clip with every cropper, score before and after."""
+    saliency = instantiate(cfg.saliency.model)
+    croppers = build_croppers(cfg)
     clips = list_videos(cfg.dataset.path)[: ctx.limit(len(list_videos(cfg.dataset.path)))]
     predictor = instantiate(cfg.model.predictor)
-
-    score_rows, box_rows = [], []
-    initial = np.zeros(len(clips))
-    cropped_scores = {name: np.zeros(len(clips)) for name in croppers}
-    frames_total, decode_seconds, saliency_seconds = 0, 0.0, 0.0
-    crop_seconds = dict.fromkeys(croppers, 0.0)
+    out = CropScores([p.stem for p in clips], list(croppers))
     for i, path in enumerate(clips):
-        start = time.perf_counter()
-        frames, indices, info = read_frames(path, num_frames=task.num_frames, min_frames=min_frames)
-        decode_seconds += time.perf_counter() - start
-        result = crop_clip(frames, saliency, croppers)
-        frames_total += len(frames)
-        saliency_seconds += result.saliency_seconds
-        picks = evenly_spaced(len(frames), int(task.score_frames))
-        initial[i] = predictor.score_video([frames[j] for j in picks])
-        score_rows.append({"clip": path.stem, "version": "original", "score": initial[i], "delta": 0.0})
-        sheet_rows = [("original", [frames[j] for j in picks])]
-        for name, crop in result.crops.items():
-            crop_seconds[name] += crop.seconds
-            cropped_scores[name][i] = predictor.score_video([crop.frames[j] for j in picks])
-            score_rows.append(
-                {
-                    "clip": path.stem,
-                    "version": f"crop_{name}",
-                    "score": cropped_scores[name][i],
-                    "delta": cropped_scores[name][i] - initial[i],
-                }
-            )
-            box_rows += [
-                {"clip": path.stem, "crop": name, "frame": index, "x": b[0], "y": b[1], "w": b[2], "h": b[3]}
-                for index, b in zip(indices, crop.boxes.tolist())
-            ]
-            sheet_rows.append((f"crop_{name}", [crop.frames[j] for j in picks]))
-            if task.write_videos:
-                ctx.write_artifact(
-                    f"videos/{path.stem}_{name}.mp4", lambda tmp, f=crop.frames, fps=info.fps: write_video(tmp, f, fps)
-                )
-        ctx.write_artifact(f"contact_sheets/{path.stem}.png", png_bytes(contact_sheet(sheet_rows)))
-        log.info("%s: original %.3f, %s", path.stem, initial[i], ", ".join(f"{n} {cropped_scores[n][i]:.3f}" for n in croppers))
-
-    ctx.write_artifact("scores.csv", _csv(score_rows, ["clip", "version", "score", "delta"]))
-    ctx.write_artifact("boxes.csv", _csv(box_rows, ["clip", "crop", "frame", "x", "y", "w", "h"]))
-    ctx.save_figure(_delta_figure([p.stem for p in clips], initial, cropped_scores), "delta_vs_initial")
-
+        crop_and_score_clip(cfg, ctx, i, path, saliency, croppers, predictor, out)
+    write_crop_artifacts(ctx, out)
     backend = str(cfg.saliency.name)
-    metrics = {"original/score_mean": float(initial.mean()), "decode/fps": frames_total / max(decode_seconds, 1e-9)}
-    records = [{"condition": "original", "backend": backend, "clips": len(clips), "score_mean": float(initial.mean())}]
-    for name, values in cropped_scores.items():
-        summary = summarize_deltas(initial, values)
-        summary["fps"] = frames_total / max(saliency_seconds + crop_seconds[name], 1e-9)
-        metrics.update({f"crop_{name}/{k}": v for k, v in summary.items()})
-        records.append({"condition": f"crop_{name}", "backend": backend, "clips": len(clips), **summary})
+    metrics, records = crop_metrics(out, backend)
     table = (
-        f"Memorability of {len(clips)} clips ({cfg.model.name}, mean of {task.score_frames} frames per clip), "
+        f"Memorability of {len(clips)} clips ({cfg.model.name}, mean of {cfg.task.score_frames} frames per clip), "
         f"saliency {backend}; delta = crop - original; thirds by original score.\n\n"
         + _table(records, ["condition", "backend", "clips", *CROP_METRICS])
     )
@@ -153,13 +190,33 @@ def split_videos(count: int, test_fraction: float, val_fraction: float, seed: in
     }
 
 
-def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    """Ridge baseline on mean caption embeddings; Lightning regressor on [mean embedding, caption words]
-    (and, for comparison, a ridge on the regressor's own inputs); Spearman on held-out videos."""
-    from data.caption_features import CaptionDataModule, CaptionEncoder, caption_tensor, caption_words, mean_embedding
+@dataclass
+class CaptionInputs:
+    """Scored captions as arrays: token features, the mean embedding, caption-word features, the split."""
+
+    data: Any  # data.memorability_scores.ScoredCaptions
+    features: Any
+    mask: Any
+    means: np.ndarray
+    words: np.ndarray
+    y: np.ndarray
+    split: dict[str, np.ndarray]
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """The regressor's input: caption mean, then word features."""
+        return np.hstack([self.means, self.words])
+
+    @property
+    def train_val(self) -> np.ndarray:
+        return np.concatenate([self.split["train"], self.split["val"]])
+
+
+def load_caption_inputs(cfg: DictConfig, ctx: RunContext) -> CaptionInputs:
+    """Read the scored captions (debug=fast: a few hundred), encode them, split by video; word features
+    are fitted on the training videos only."""
+    from data.caption_features import CaptionEncoder, caption_tensor, caption_words, mean_embedding
     from data.memorability_scores import load_scored_captions
-    from experiments.core.training import build_trainer
-    from models.memorability.predictors import LitPredictor, spearman
 
     ds = cfg.dataset
     limit = ctx.limit(10**9) if cfg.task.get("limit") is not None else None
@@ -169,47 +226,69 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     features, mask = caption_tensor(CaptionEncoder(ds.cache_dir, batch_size=ds.encode_batch_size), data.captions)
     split = split_videos(len(data.scores), ds.test_fraction, ds.val_fraction, int(ds.split_seed))
     means, y = mean_embedding(features, mask), data.scores
-    train_val = np.concatenate([split["train"], split["val"]])
-
-    ridge = instantiate(cfg.model.ridge).fit(means[train_val], y[train_val])
-    ridge_predictions = ridge.predict(means[split["test"]])
-    ridge_test = spearman(ridge_predictions, y[split["test"]])
-
     words_cfg = cfg.model.get("word_features")
     words = caption_words(data.captions, split["train"], **words_cfg) if words_cfg else np.zeros((len(y), 0), np.float32)
-    inputs = np.hstack([means, words])  # the regressor's input: caption mean, then word features
-    ridge_inputs = instantiate(cfg.model.ridge).fit(inputs[train_val], y[train_val]) if words.shape[1] else ridge
-    ridge_inputs_test = spearman(ridge_inputs.predict(inputs[split["test"]]), y[split["test"]])
+    return CaptionInputs(data, features, mask, means, words, y, split)
 
-    train_y = y[split["train"]]
+
+def fit_ridges(cfg: DictConfig, c: CaptionInputs) -> tuple[Any, Any]:
+    """The baseline ridge on mean embeddings, and a ridge on the regressor's own inputs (the same one when
+    there are no word features), both fitted on train + val."""
+    ridge = instantiate(cfg.model.ridge).fit(c.means[c.train_val], c.y[c.train_val])
+    ridge_inputs = instantiate(cfg.model.ridge).fit(c.inputs[c.train_val], c.y[c.train_val]) if c.words.shape[1] else ridge
+    return ridge, ridge_inputs
+
+
+def fit_regressor(cfg: DictConfig, ctx: RunContext, c: CaptionInputs) -> Any:
+    """The Lightning regressor, optionally started from a ridge on the training videos only (val / test unseen)."""
+    from data.caption_features import CaptionDataModule
+    from experiments.core.training import build_trainer
+    from models.memorability.predictors import LitPredictor
+
+    inputs, train_y = c.inputs, c.y[c.split["train"]]
     module = instantiate(
         cfg.model.regressor,
         in_features=inputs.shape[-1],
         target_mean=float(train_y.mean()),
         target_std=float(train_y.std() or 1.0),
     )
-    if cfg.model.get("init_from_ridge"):  # a ridge on the training videos only: val / test stay unseen
-        start = instantiate(cfg.model.ridge).fit(inputs[split["train"]], y[split["train"]])
+    if cfg.model.get("init_from_ridge"):
+        start = instantiate(cfg.model.ridge).fit(inputs[c.split["train"]], c.y[c.split["train"]])
         module.init_linear(start.model.coef_, start.model.intercept_)
     datamodule = CaptionDataModule(
-        {k: (features[v], mask[v], y[v], words[v]) for k, v in split.items()},
-        batch_size=ds.batch_size,
+        {k: (c.features[v], c.mask[v], c.y[v], c.words[v]) for k, v in c.split.items()},
+        batch_size=cfg.dataset.batch_size,
         subsample=bool(cfg.model.caption_subsample),
         seed=cfg.seed,
     )
     trainer, ckpt_path = build_trainer(cfg, ctx, "regressor")
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    predictor = LitPredictor(module)
-    val_rho = spearman(predictor.predict(inputs[split["val"]]), y[split["val"]])
-    regressor_predictions = predictor.predict(inputs[split["test"]])
-    test_rho = spearman(regressor_predictions, y[split["test"]])
+    return LitPredictor(module)
+
+
+def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    """Ridge baseline on mean caption embeddings; Lightning regressor on [mean embedding, caption words]
+    (and, for comparison, a ridge on the regressor's own inputs); Spearman on held-out videos."""
+    from models.memorability.predictors import spearman
+
+    ds = cfg.dataset
+    c = load_caption_inputs(cfg, ctx)
+    test, val = c.split["test"], c.split["val"]
+    ridge, ridge_inputs = fit_ridges(cfg, c)
+    ridge_predictions = ridge.predict(c.means[test])
+    ridge_test = spearman(ridge_predictions, c.y[test])
+    ridge_inputs_test = spearman(ridge_inputs.predict(c.inputs[test]), c.y[test])
+    predictor = fit_regressor(cfg, ctx, c)
+    val_rho = spearman(predictor.predict(c.inputs[val]), c.y[val])
+    regressor_predictions = predictor.predict(c.inputs[test])
+    test_rho = spearman(regressor_predictions, c.y[test])
 
     ctx.write_artifact(
         "test_predictions.csv",
         _csv(
             [
-                {"video_id": data.video_ids[j], "score": y[j], "ridge": r, "regressor": p}
-                for j, r, p in zip(split["test"], ridge_predictions, regressor_predictions)
+                {"video_id": c.data.video_ids[j], "score": c.y[j], "ridge": r, "regressor": p}
+                for j, r, p in zip(test, ridge_predictions, regressor_predictions)
             ],
             ["video_id", "score", "ridge", "regressor"],
         ),
@@ -221,11 +300,11 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         "ridge_inputs/test_spearman": ridge_inputs_test,
         "ridge/alpha": float(ridge.alpha),
         "ridge/cv_spearman": float(ridge.cv_spearman),
-        "data/train_videos": len(split["train"]),
-        "data/val_videos": len(split["val"]),
-        "data/test_videos": len(split["test"]),
-        "data/word_features": words.shape[1],
-        "data/regressor_inputs": module.hparams.in_features,
+        "data/train_videos": len(c.split["train"]),
+        "data/val_videos": len(val),
+        "data/test_videos": len(test),
+        "data/word_features": c.words.shape[1],
+        "data/regressor_inputs": predictor.module.hparams.in_features,
     }
     records = [
         {"condition": "ridge", "seed": cfg.seed, "test_spearman": ridge_test},
@@ -233,10 +312,10 @@ def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         {"condition": "regressor", "seed": cfg.seed, "test_spearman": test_rho, "val_spearman": val_rho},
     ]
     table = (
-        f"{ds.name}: {len(data.scores)} videos ({len(split['train'])} train / {len(split['val'])} val / "
-        f"{len(split['test'])} test, split by video, seed {ds.split_seed}) -> {ds.target} score; Spearman on "
+        f"{ds.name}: {len(c.data.scores)} videos ({len(c.split['train'])} train / {len(val)} val / "
+        f"{len(test)} test, split by video, seed {ds.split_seed}) -> {ds.target} score; Spearman on "
         f"held-out videos. Ridge: mean MiniLM caption embedding; regressor and ridge_inputs: that mean plus "
-        f"{words.shape[1]} caption-word TF-IDF features.\n\n"
+        f"{c.words.shape[1]} caption-word TF-IDF features.\n\n"
         + _table(
             [
                 {"model": f"ridge (alpha {ridge.alpha:g})", "test_spearman": ridge_test, "val_spearman": float("nan")},
