@@ -2,7 +2,8 @@
 
 What a task hands back is all the runner writes (metrics.json, results.md, records.jsonl), so a task
 never touches those files itself. Records follow one typing rule that `experiments.analysis.aggregate`
-relies on: str / int / bool fields are factors (group columns), float fields are metrics.
+relies on: str and int fields (not bool) are factors (group columns), float fields (or None) are metrics,
+and any other field is neither; so a count meant as a metric is stored as a float.
 """
 
 from __future__ import annotations

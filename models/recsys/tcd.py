@@ -8,7 +8,7 @@ no Python loop over cells.
 Grids (``grid``):
 - ``"reference"`` (the released code): round(R * r_hat) / R with no clipping, so 0 (and values above R) are
   labels too; + 1e-5 keeps a 0 label present in a sparse matrix. On ML-100K ~93 % of unrated cells
-  agree, mostly on 0: this removes the attack and improves ranking but raises RMSE (see the README's recsys results).
+  agree, mostly on 0: this removes the attack and improves ranking but raises RMSE (see docs/tasks/recsys.md).
 - ``"rating"``: predictions clipped to the real grid 1..R before rounding, so every pseudo-label is a
   real rating value (the variant the issue asks to offer as a switch).
 """
