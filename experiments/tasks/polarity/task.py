@@ -16,7 +16,8 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from hydra.utils import get_class, instantiate
@@ -249,55 +250,77 @@ def train_source(cfg: DictConfig, ctx: RunContext) -> tuple[dict[str, Tensor], d
     }
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    pcfg, cutoff = cfg.polarity, float(cfg.task.cutoff)
-    conditions = parse_conditions(pcfg)
-    seeds = job_seeds(cfg, ctx.limit(cfg.task.num_seeds))
+@dataclass
+class Collected:
+    """One record (condition, seed, run metrics) and one validation-accuracy curve per trained run."""
+
+    cutoff: float
+    records: list[dict[str, Any]] = field(default_factory=list)
+    curves: list[tuple[str, Any]] = field(default_factory=list)
+
+    def add(self, module: PolarityLitModule, runs: Sequence[tuple[Condition, int]]) -> None:
+        loss, acc = module.curves()
+        for r, (condition, seed) in enumerate(runs):
+            self.records.append({"condition": condition.name, "seed": seed, **run_metrics(loss[:, r], acc[:, r], self.cutoff)})
+            self.curves.append((condition.name, acc[:, r]))
+
+
+def read_alignment(pcfg: DictConfig) -> str:
     align = str(pcfg.get("align", "flip"))
     if align not in ALIGNMENTS:
         raise UserError(f"polarity.align={align!r} must be one of {ALIGNMENTS}")
-    needs_source = any(c.template == "transfer" or c.init == "source" for c in conditions)
-    if needs_source and not pcfg.source.get("checkpoint"):
+    return align
+
+
+def source_for(cfg: DictConfig, ctx: RunContext, conditions: Sequence[Condition]) -> tuple[Any, dict[str, float]]:
+    """The source network's weights (trained here or loaded) when a condition transfers from it, with its metrics."""
+    pcfg = cfg.polarity
+    if not any(c.template == "transfer" or c.init == "source" for c in conditions):
+        return None, {}
+    if not pcfg.source.get("checkpoint"):
         check_target_node(source_dataset_config(cfg), "polarity.source.dataset")
         check_disjoint_pools(cfg)
-    source_state, extra_metrics = train_source(cfg, ctx) if needs_source else (None, {})
+    return train_source(cfg, ctx)
+
+
+def train_population(
+    cfg: DictConfig, ctx: RunContext, conditions: list[Condition], seeds: list[int], source_state: Any, align: str, out: Collected
+) -> None:
+    """Every (condition, seed) run of the job stacked into one batched network and trained in one fit."""
+    pcfg = cfg.polarity
+    if "seeds" not in inspect.signature(get_class(cfg.dataset._target_)).parameters:
+        raise UserError(
+            f"model={cfg.model.name} trains a population on XOR-style data, not on dataset={cfg.dataset.name}; "
+            "use model=polarity_cnn or model=polarity_alexnet for images"
+        )
+    runs = [(c, s) for c in conditions for s in seeds]
+    datamodule = instantiate(cfg.dataset, seeds=seeds)
+    network = build_network(cfg, datamodule, num_runs=len(runs), init_seeds=[s for _, s in runs])
     constrain_new = bool(pcfg.get("freeze_new_layers", True))
+    constraints = prepare_runs(network, [c for c, _ in runs], source_state, pcfg.eps, cfg.seed, constrain_new, align)
+    data_index = [seeds.index(s) for _, s in runs]
+    out.add(fit(cfg, ctx, "population", network, datamodule, constraints, [c.name for c, _ in runs], data_index), runs)
 
-    records, curves = [], []
 
-    def collect(module: PolarityLitModule, runs: Sequence[tuple[Condition, int]]) -> None:
-        loss, acc = module.curves()
-        for r, (condition, seed) in enumerate(runs):
-            records.append({"condition": condition.name, "seed": seed, **run_metrics(loss[:, r], acc[:, r], cutoff)})
-            curves.append((condition.name, acc[:, r]))
+def train_one_by_one(
+    cfg: DictConfig, ctx: RunContext, conditions: list[Condition], seeds: list[int], source_state: Any, align: str, out: Collected
+) -> None:
+    """One fit per (seed, condition); every condition of a seed starts from the same fresh init and data."""
+    pcfg = cfg.polarity
+    constrain_new = bool(pcfg.get("freeze_new_layers", True))
+    for seed in seeds:
+        datamodule = instantiate(cfg.dataset, subset_seed=seed)
+        datamodule.setup("fit")
+        for condition in conditions:
+            torch.manual_seed(seed)  # same fresh init for every condition of this seed
+            network = build_network(cfg, datamodule)
+            constraints = prepare_runs(network, [condition], source_state, pcfg.eps, seed, constrain_new, align)
+            module = fit(cfg, ctx, f"{condition.name}_seed{seed}", network, datamodule, constraints, [condition.name])
+            out.add(module, [(condition, seed)])
 
-    if getattr(get_class(cfg.model.network._target_), "population", False):
-        if "seeds" not in inspect.signature(get_class(cfg.dataset._target_)).parameters:
-            raise UserError(
-                f"model={cfg.model.name} trains a population on XOR-style data, not on dataset={cfg.dataset.name}; "
-                "use model=polarity_cnn or model=polarity_alexnet for images"
-            )
-        runs = [(c, s) for c in conditions for s in seeds]
-        datamodule = instantiate(cfg.dataset, seeds=seeds)
-        network = build_network(cfg, datamodule, num_runs=len(runs), init_seeds=[s for _, s in runs])
-        constraints = prepare_runs(network, [c for c, _ in runs], source_state, pcfg.eps, cfg.seed, constrain_new, align)
-        data_index = [seeds.index(s) for _, s in runs]
-        collect(fit(cfg, ctx, "population", network, datamodule, constraints, [c.name for c, _ in runs], data_index), runs)
-    else:
-        for seed in seeds:
-            datamodule = instantiate(cfg.dataset, subset_seed=seed)
-            datamodule.setup("fit")
-            for condition in conditions:
-                torch.manual_seed(seed)  # same fresh init for every condition of this seed
-                network = build_network(cfg, datamodule)
-                constraints = prepare_runs(network, [condition], source_state, pcfg.eps, seed, constrain_new, align)
-                module = fit(cfg, ctx, f"{condition.name}_seed{seed}", network, datamodule, constraints, [condition.name])
-                collect(module, [(condition, seed)])
 
-    pairs = [tuple(pair) for pair in (pcfg.get("compare") or [])]
-    metrics, table = summarize_conditions(records, [c.name for c in conditions], pairs, cutoff)
-    metrics.update(extra_metrics)
-    ctx.save_figure(learning_curve_figure(curves, cutoff, title=f"{cfg.dataset.name}, {cfg.model.name}"), "learning_curves")
+def table_header(cfg: DictConfig, seeds: list[int], align: str, cutoff: float) -> str:
+    """The protocol above the results table: metric definitions, censoring, alignment and data draws."""
     epochs = int(cfg.trainer.get("max_epochs") or 1)
     data = (
         (
@@ -308,10 +331,27 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         if "data_seed" in cfg.dataset
         else "training subset seeded per seed"
     )
-    header = (
+    return (
         f"### Polarity: {cfg.dataset.name}, {cfg.model.name}, {len(seeds)} seeds per condition\n\n"
         f"Validation error at the first epoch of minimum validation loss; epochs until validation accuracy "
         f"first exceeds {cutoff:g} (strictly, as the reference), runs that never do counted as censored at "
         f"max_epochs + 1 = {epochs + 1}. Initial alignment: {align}. Data: {data}.\n\n"
     )
-    return TaskResult(metrics=metrics, table=header + table, records=records)
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    pcfg, cutoff = cfg.polarity, float(cfg.task.cutoff)
+    conditions = parse_conditions(pcfg)
+    seeds = job_seeds(cfg, ctx.limit(cfg.task.num_seeds))
+    align = read_alignment(pcfg)
+    source_state, extra_metrics = source_for(cfg, ctx, conditions)
+    out = Collected(cutoff)
+    population = getattr(get_class(cfg.model.network._target_), "population", False)
+    train = train_population if population else train_one_by_one
+    train(cfg, ctx, conditions, seeds, source_state, align, out)
+    pairs = [tuple(pair) for pair in (pcfg.get("compare") or [])]
+    metrics, table = summarize_conditions(out.records, [c.name for c in conditions], pairs, cutoff)
+    metrics.update(extra_metrics)
+    figure = learning_curve_figure(out.curves, cutoff, title=f"{cfg.dataset.name}, {cfg.model.name}")
+    ctx.save_figure(figure, "learning_curves")
+    return TaskResult(metrics=metrics, table=table_header(cfg, seeds, align, cutoff) + table, records=out.records)
