@@ -340,6 +340,8 @@ class ConversationDataModule(ResumableGenerators, L.LightningDataModule):
     read test figures at the epoch chosen on validation. `seed` only changes the training order.
     """
 
+    config_key: str = "dataset"  # the config node this module was built from: errors name its keys
+
     def __init__(
         self,
         corpus: Corpus | Callable[[], Corpus],
@@ -349,12 +351,16 @@ class ConversationDataModule(ResumableGenerators, L.LightningDataModule):
         name: str = "erc",
         seed: int = 0,
         limit: int | None = None,
+        config_key: str = "dataset",
     ) -> None:
         super().__init__()
+        self.config_key = config_key
         self.corpus = corpus if isinstance(corpus, Corpus) else corpus()
         self.batch_size, self.eval_batch_size, self.seed, self.limit = batch_size, eval_batch_size, seed, limit
         if class_weights is not None and len(class_weights) != len(self.corpus.label_names):
-            raise UserError(f"dataset.class_weights has {len(class_weights)} entries for {len(self.corpus.label_names)} classes")
+            raise UserError(
+                f"{config_key}.class_weights has {len(class_weights)} entries for {len(self.corpus.label_names)} classes"
+            )
         self.class_weights = list(class_weights) if class_weights is not None else None
 
     @property

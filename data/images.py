@@ -156,6 +156,8 @@ class _Prepared:
 class ImageDataModule(L.LightningDataModule):
     """Image classification data with a fixed pool split, a seeded training subset and fixed validation."""
 
+    config_key: str = "dataset"  # the config node this module was built from: errors name its keys
+
     def __init__(
         self,
         name: str,
@@ -173,7 +175,7 @@ class ImageDataModule(L.LightningDataModule):
         config_key: str = "dataset",
     ) -> None:
         super().__init__()
-        self.config_key = config_key  # the config node this module was built from: errors name its keys
+        self.config_key = config_key
         if name not in READERS:
             raise UserError(f"unknown image dataset {config_key}.name={name!r}: use one of {', '.join(sorted(READERS))}")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):

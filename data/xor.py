@@ -79,6 +79,8 @@ class XorDataModule(pl.LightningDataModule):
     the reference code's one data set per N) or, with `data_seed=None`, one independent draw per seed.
     Batch order is shuffled per seed either way."""
 
+    config_key: str = "dataset"  # the config node this module was built from: errors name its keys
+
     def __init__(
         self,
         seeds: Sequence[int] = (0,),
@@ -90,10 +92,12 @@ class XorDataModule(pl.LightningDataModule):
         eval_batch_size: int = 250,
         name: str = "xor5d",
         data_seed: int | None = None,
+        config_key: str = "dataset",
     ) -> None:
         super().__init__()
+        self.config_key = config_key
         if n_train < 1 or n_val < 1 or batch_size < 1:
-            raise UserError(f"dataset.n_train={n_train}, n_val={n_val}, batch_size={batch_size} must all be >= 1")
+            raise UserError(f"{config_key}.n_train={n_train}, n_val={n_val}, batch_size={batch_size} must all be >= 1")
         self.seeds = [int(s) for s in seeds]
         self.data_seed = None if data_seed is None else int(data_seed)
         self.n_train, self.n_val, self.distractors, self.gap = n_train, n_val, distractors, gap
