@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from common.errors import UserError
+from experiments.analysis.tables import markdown_table
 from experiments.core.run_context import RunContext
 from experiments.core.task import TaskResult, job_seeds
 from experiments.core.training import build_trainer
@@ -115,27 +116,25 @@ def summarize(records: list[dict[str, Any]], conditions: Sequence[str], label_na
 
 def results_table(metrics: dict[str, float], conditions: Sequence[str], label_names: Sequence[str], runs: int, title: str) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    lines = [
-        title,
-        "",
-        f"Test figures at the epoch chosen on validation weighted F1; median [IQR] over {runs} seeds, in %. "
-        "'max-epoch' = maximum test w-F1 over epochs (the protocol of SDT and many ERC papers; optimistic, not validation-selected).",
-        "",
-        "| condition | test w-F1 | test acc | val w-F1 | max-epoch test w-F1 | "
-        + " | ".join(f"F1 {c}" for c in label_names)
-        + " |",
-        "|---" * (5 + len(label_names)) + "|",
-    ]
+    header = ["condition", "test w-F1", "test acc", "val w-F1", "max-epoch test w-F1", *(f"F1 {c}" for c in label_names)]
+    rows = []
     for name in conditions:
         m = lambda k, name=name: metrics[f"{name}/{k}"]  # noqa: E731
-        lines.append(
-            f"| {name} | {pct(m('test_weighted_f1_median'))} [{pct(m('test_weighted_f1_q25'))}, {pct(m('test_weighted_f1_q75'))}] "
-            f"| {pct(m('test_accuracy_median'))} [{pct(m('test_accuracy_q25'))}, {pct(m('test_accuracy_q75'))}] "
-            f"| {pct(m('val_weighted_f1_median'))} | {pct(m('test_weighted_f1_max_epoch_median'))} | "
-            + " | ".join(pct(m(f"test_f1_{c}_median")) for c in label_names)
-            + " |"
+        rows.append(
+            [
+                name,
+                f"{pct(m('test_weighted_f1_median'))} [{pct(m('test_weighted_f1_q25'))}, {pct(m('test_weighted_f1_q75'))}]",
+                f"{pct(m('test_accuracy_median'))} [{pct(m('test_accuracy_q25'))}, {pct(m('test_accuracy_q75'))}]",
+                pct(m("val_weighted_f1_median")),
+                pct(m("test_weighted_f1_max_epoch_median")),
+                *(pct(m(f"test_f1_{c}_median")) for c in label_names),
+            ]
         )
-    return "\n".join(lines)
+    protocol = (
+        f"Test figures at the epoch chosen on validation weighted F1; median [IQR] over {runs} seeds, in %. "
+        "'max-epoch' = maximum test w-F1 over epochs (the protocol of SDT and many ERC papers; optimistic, not validation-selected)."
+    )
+    return f"{title}\n\n{protocol}\n\n" + markdown_table(header, rows)
 
 
 def history_csv(history: Sequence[dict[str, float]]) -> str:

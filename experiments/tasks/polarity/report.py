@@ -10,6 +10,7 @@ import numpy as np
 
 from common.errors import UserError
 from experiments.analysis.aggregate import compare, summarize
+from experiments.analysis.tables import markdown_table
 
 SUMMARIZED_METRICS = ("val_error", "epochs_to_cutoff", "epochs_to_cutoff_reached", "best_epoch")
 COMPARED_METRICS = ("val_error", "epochs_to_cutoff")
@@ -33,10 +34,15 @@ def summarize_conditions(
     for row in summarize(records, [m for m in SUMMARIZED_METRICS if any(m in r for r in records)]):
         for stat in ("median", "q25", "q75"):
             metrics[f"{row['condition']}/{row['metric']}_{stat}"] = row[stat]
-    rows = [
-        "| condition | runs | val error median [IQR] | epochs to cutoff (censored) median [IQR] | reached cutoff | best val acc min / max |",
-        "|---|---|---|---|---|---|",
+    header = [
+        "condition",
+        "runs",
+        "val error median [IQR]",
+        "epochs to cutoff (censored) median [IQR]",
+        "reached cutoff",
+        "best val acc min / max",
     ]
+    rows = []
     for name in conditions:
         runs = [r for r in records if r["condition"] == name]
         best_acc = np.array([r["best_val_acc"] for r in runs], dtype=float)
@@ -49,16 +55,28 @@ def summarize_conditions(
             f"{_fmt(metrics.get(f'{name}/{k}_q75'))}]"
         )
         rows.append(
-            f"| {name} | {len(runs)} | {cell('val_error')} | {cell('epochs_to_cutoff')} | "
-            f"{metrics[f'{name}/reached_cutoff_fraction']:.0%} | "
-            f"{_fmt(metrics[f'{name}/best_val_acc_min'])} / {_fmt(metrics[f'{name}/best_val_acc_max'])} |"
+            [
+                name,
+                len(runs),
+                cell("val_error"),
+                cell("epochs_to_cutoff"),
+                f"{metrics[f'{name}/reached_cutoff_fraction']:.0%}",
+                f"{_fmt(metrics[f'{name}/best_val_acc_min'])} / {_fmt(metrics[f'{name}/best_val_acc_max'])}",
+            ]
         )
-    table = "\n".join(rows)
+    table = markdown_table(header, rows)
     if pairs:
-        comparison_rows = [
-            "| A | B | metric | median A − B | Wilcoxon signed-rank p (paired by seed) | Holm p | Mann-Whitney p | Holm p |",
-            "|---|---|---|---|---|---|---|---|",
+        comparison_header = [
+            "A",
+            "B",
+            "metric",
+            "median A − B",
+            "Wilcoxon signed-rank p (paired by seed)",
+            "Holm p",
+            "Mann-Whitney p",
+            "Holm p",
         ]
+        comparison_rows = []
         condition_pairs = [("condition", a, b) for a, b in pairs]
         unpaired = compare(records, condition_pairs, list(COMPARED_METRICS))
         paired = compare(records, condition_pairs, list(COMPARED_METRICS), paired=True)
@@ -67,14 +85,14 @@ def summarize_conditions(
             metrics[f"{key}_mwu_p"], metrics[f"{key}_mwu_p_holm"] = u["p"], u["p_holm"]
             metrics[f"{key}_wilcoxon_p"], metrics[f"{key}_wilcoxon_p_holm"] = w["p"], w["p_holm"]
             comparison_rows.append(
-                f"| {u['a']} | {u['b']} | {u['metric']} | {_fmt(u['diff_median'])} | "
-                f"{_fmt(w['p'])} | {_fmt(w['p_holm'])} | {_fmt(u['p'])} | {_fmt(u['p_holm'])} |"
+                [u["a"], u["b"], u["metric"], *(_fmt(v) for v in (u["diff_median"], w["p"], w["p_holm"], u["p"], u["p_holm"]))]
             )
         counted = sum(not math.isnan(w["p"]) for w in paired)
         table += (
             "\n\nConditions of one seed share initial weights and data, so the paired test applies; Holm over "
             f"this table's {len(unpaired)} pairs x metrics, each test family separately (Wilcoxon: {counted} "
-            "counted; a test with no non-zero difference is NaN and not counted).\n\n" + "\n".join(comparison_rows)
+            "counted; a test with no non-zero difference is NaN and not counted).\n\n"
+            + markdown_table(comparison_header, comparison_rows)
         )
     return metrics, table
 
