@@ -4,7 +4,16 @@ Hydra composes conf/ into one config; the task named by cfg.task.runner does the
 gets metrics.json, results.md, plots/ and checkpoints/. The return value is the sweep objective.
 """
 
+# ruff: noqa: E402  (the imports below Hydra's start-up come after the --help check on purpose)
 from __future__ import annotations
+
+import sys
+
+from experiments.core.cli_help import asks_for_help, print_help
+
+if __name__ == "__main__" and asks_for_help(sys.argv[1:]):
+    print_help(__doc__)  # listed from conf/: Hydra's --help composes the config once per group, after the imports below
+    sys.exit(0)
 
 from pathlib import Path
 

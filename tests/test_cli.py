@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from experiments.analysis.aggregate import main as aggregate_main
-from tests.conftest import REPO, cli_env
+from experiments.core.cli_help import asks_for_help, config_groups, help_text, hydra_options
+from tests.conftest import CONF, REPO, cli_env
 from tests.wandb_records import summary_config_group
 
 FAST = ("debug=fast",)
@@ -196,3 +199,87 @@ def test_a_config_error_answers_before_torch_is_imported() -> None:
     )  # fmt: skip
     assert probe.returncode == 2
     assert not [line for line in probe.stderr.splitlines() if line.rstrip().endswith("| torch")]
+
+
+def help_groups(help_output: str) -> dict[str, list[str]]:
+    """{group: options} as `--help` lists them: the project's own, before any `; from Hydra ...` part."""
+    section = help_output.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = {}
+    for line in section.splitlines():
+        group, colon, options = line.partition(": ")
+        if colon:
+            groups[group] = options.split("; ")[0].split(", ")
+    return groups
+
+
+@pytest.mark.parametrize("args", [("--help",), ("-h",), ("model=polarity_cnn", "logger=none", "--help")])
+def test_help_lists_every_config_group_and_option_file_in_conf(args: tuple[str, ...]) -> None:
+    result = subprocess.run(
+        [sys.executable, "run.py", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    expected = {
+        directory.relative_to(CONF).as_posix(): sorted(path.stem for path in directory.glob("*.yaml"))
+        for directory in sorted(CONF.rglob("*"))
+        if directory.is_dir() and any(directory.glob("*.yaml"))
+    }
+    assert {"model", "hydra/launcher"} <= set(expected)
+    listed = help_groups(result.stdout)
+    assert listed == expected  # every group and every option file, nothing else (no README, no .yml, no config.yaml)
+    assert list(listed) == sorted(listed)
+    assert result.stdout.startswith("The single entry point: `python run.py")
+    assert "python run.py [group=option ...] --cfg job" in result.stdout and "python run.py --hydra-help" in result.stdout
+
+
+def test_help_lists_only_yaml_files_of_group_directories(tmp_path: Path) -> None:
+    for name in ("model/b.yaml", "model/a.yaml", "model/README.md", "model/old.yml", "hydra/launcher/x.yaml", "config.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    for name in ("notes/plan.txt", "model/__pycache__/c.yaml", ".hidden/d.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    assert config_groups(tmp_path) == {"hydra/launcher": ["x"], "model": ["a", "b"]}
+    assert help_groups(help_text("header", tmp_path)) == {"hydra/launcher": ["x"], "model": ["a", "b"]}
+
+
+def test_help_lists_the_options_hydra_itself_finds_for_each_group() -> None:
+    """The launchers Hydra and its plugins register (read from their source) and conf/'s files, as Hydra lists them."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+            for group, options in config_groups().items():
+                extra = hydra_options(group) if group.startswith("hydra/") else []
+                if group == "hydra":
+                    extra = ["config"]  # Hydra's own schema for the hydra node, not an option to pick
+                assert sorted({*options, *extra}) == sorted(loader.get_group_options(group)), group
+    finally:
+        GlobalHydra.instance().clear()
+    assert {"basic", "joblib", "submitit_local"} <= set(hydra_options("hydra/launcher"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "answers"),
+    [
+        (["--help"], True),
+        (["-h", "seed=1"], True),
+        (["--hydra-help"], False),
+        (["--cfg", "job"], False),
+        (["tag=--help"], False),
+        (["-cd", "other_conf", "--help"], False),  # Hydra's own help lists what another config dir adds
+        (["--config-path=other", "--help"], False),
+    ],
+)
+def test_help_is_answered_here_only_for_this_repos_conf(argv: list[str], answers: bool) -> None:
+    assert asks_for_help(argv) is answers
+
+
+def test_help_answers_before_hydra_torch_or_lightning_is_imported() -> None:
+    probe = subprocess.run(
+        [sys.executable, "-X", "importtime", "run.py", "--help"],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert probe.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in probe.stderr.splitlines() if line.startswith("import time:")}
+    assert "experiments.core.cli_help" in imported
+    assert not imported & {"torch", "lightning", "hydra"}
