@@ -27,9 +27,10 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.tasks.cqil.task import LATENCY_MODES, baseline_key, latency_table, parse_settings  # noqa: E402
+from experiments.analysis.tables import markdown_table  # noqa: E402
+from experiments.tasks.cqil.task import LATENCY_MODES, baseline_key, latency_table  # noqa: E402
 from models.cqil.evaluate import layer_time_share  # noqa: E402
-from models.cqil.plugin import decoder_of  # noqa: E402
+from models.cqil.plugin import CQILSpec, decoder_of  # noqa: E402
 
 LOADERS = {
     "smollm2": {
@@ -47,7 +48,7 @@ LOADERS = {
 }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(LOADERS), default="smollm2")
     parser.add_argument("--start", type=int, default=4)
@@ -60,12 +61,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=list(LATENCY_MODES), choices=LATENCY_MODES)
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    from hydra.utils import instantiate
+    return parser.parse_args()
 
+
+def bench_config(args: argparse.Namespace):
+    """The slice of the task's config that `latency_table` reads, so the bench times exactly what the task does."""
     data = os.environ.get("FIVEFOLD_DATA_DIR", str(REPO.parent / "shared" / "data"))
     loader = {k: v.format(data=data) if isinstance(v, str) else v for k, v in LOADERS[args.model].items()}
-    cfg = OmegaConf.create(
+    return OmegaConf.create(
         {
             "model": {"loader": loader},
             "cqil": {
@@ -80,11 +83,59 @@ def main() -> None:
             },
         }
     )
+
+
+def add_mode_ratios(result: dict, table: dict, spec: CQILSpec, modes: list[str]) -> None:
+    """Per mode: CQIL / its baseline (decode, prefill) and the share of the whole-model ideal
+    reduction reached, since only the layers are parallelised."""
+    for mode in ["original", *modes]:
+        entry = table.get(mode if mode == "original" else f"{spec.name}/{mode}")
+        ref = table[baseline_key(mode)]
+        result[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
+        result[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
+        achieved = (1.0 - result[f"{mode}_latency_ratio"]) / (1.0 - result["ideal_whole_model_decode_ratio"])
+        achieved_prefill = (1.0 - result[f"{mode}_prefill_latency_ratio"]) / (1.0 - result["ideal_whole_model_prefill_ratio"])
+        result[f"{mode}_share_of_ideal_reduction"] = achieved
+        result[f"{mode}_prefill_share_of_ideal_reduction"] = achieved_prefill
+
+
+def ratio_table(result: dict, table: dict, spec: CQILSpec, modes: list[str]) -> str:
+    """Markdown: seconds and ratios per mode, the original first."""
+    header = [
+        "mode",
+        "prefill s",
+        "decode s/token",
+        "decode ratio",
+        "prefill ratio",
+        "share of the whole-model ideal reduction: decode",
+        "prefill",
+    ]
+    rows = []
+    for mode in ["original", *modes]:
+        entry = table.get(mode if mode == "original" else f"{spec.name}/{mode}")
+        rows.append(
+            [
+                mode,
+                f"{entry['prefill_s']:.4f}",
+                f"{entry['decode_s']:.4f}",
+                f"{result[f'{mode}_latency_ratio']:.3f}",
+                f"{result[f'{mode}_prefill_latency_ratio']:.3f}",
+                f"{result[f'{mode}_share_of_ideal_reduction']:.0%}",
+                f"{result[f'{mode}_prefill_share_of_ideal_reduction']:.0%}",
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def main() -> None:
+    args = parse_args()
+    from hydra.utils import instantiate
+
+    cfg = bench_config(args)
     lm = instantiate(cfg.model.loader)
-    specs = parse_settings([{"p": args.p, "s": args.start, "e": args.end}])
-    table = latency_table(cfg, lm, specs, args.modes)
+    spec = CQILSpec(args.start, args.end, args.p)
+    table = latency_table(cfg, lm, [spec], args.modes)
     num_layers = len(decoder_of(lm.model).layers)
-    spec = specs[0]
     prompt = torch.randint(0, int(lm.model.get_input_embeddings().num_embeddings), (1, args.prompt))
     torch.set_num_threads(args.threads)
     share = layer_time_share(lm.model, prompt, args.decode)
@@ -107,23 +158,8 @@ def main() -> None:
         f"layers take {share['layer_share_decode']:.1%} of decode time: ideal ratio {ideal:.3f} of the layer time "
         f"= {result['ideal_whole_model_decode_ratio']:.3f} of the whole model's decode time"
     )
-    print(
-        "| mode | prefill s | decode s/token | decode ratio | prefill ratio | share of the whole-model ideal reduction: decode | prefill |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for mode in ["original", *args.modes]:
-        entry = table.get(mode if mode == "original" else f"{spec.name}/{mode}")
-        ref = table[baseline_key(mode)]
-        result[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
-        result[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
-        achieved = (1.0 - result[f"{mode}_latency_ratio"]) / (1.0 - result["ideal_whole_model_decode_ratio"])
-        achieved_prefill = (1.0 - result[f"{mode}_prefill_latency_ratio"]) / (1.0 - result["ideal_whole_model_prefill_ratio"])
-        result[f"{mode}_share_of_ideal_reduction"] = achieved
-        result[f"{mode}_prefill_share_of_ideal_reduction"] = achieved_prefill
-        print(
-            f"| {mode} | {entry['prefill_s']:.4f} | {entry['decode_s']:.4f} | {result[f'{mode}_latency_ratio']:.3f} | "
-            f"{result[f'{mode}_prefill_latency_ratio']:.3f} | {achieved:.0%} | {achieved_prefill:.0%} |"
-        )
+    add_mode_ratios(result, table, spec, args.modes)
+    print(ratio_table(result, table, spec, args.modes))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -154,22 +154,15 @@ def _group_factory(mode: str):
     raise UserError(f"cqil mode={mode!r}: choose one of {MODES}")
 
 
-def apply_cqil(
-    model: nn.Module,
-    start: int,
-    end: int,
-    parallel_degree: int,
-    bypass_distance: int = 0,
-    mode: str = "sequential",
-    bypass_residual: bool = True,
-    allow_ragged: bool = False,
-) -> CQILSpec:
-    """Turn `model` into its CQIL version in place (undo with `remove_cqil`); returns the spec."""
+def apply_cqil(model: nn.Module, spec: CQILSpec, mode: str = "sequential") -> CQILSpec:
+    """Turn `model` into its CQIL version `spec` in place, its groups run as `mode` (undo with
+    `remove_cqil`); returns the spec."""
+    if not isinstance(spec, CQILSpec):
+        raise TypeError(f"apply_cqil takes a CQILSpec, not {type(spec).__name__} (build one: CQILSpec(start, end, p, d))")
     decoder = decoder_of(model)
     if hasattr(decoder, "_cqil_original_layers"):
         raise UserError("CQIL is already applied to this model; call remove_cqil(model) first")
     layers = decoder.layers
-    spec = CQILSpec(int(start), int(end), int(parallel_degree), int(bypass_distance), bool(bypass_residual), bool(allow_ragged))
     validate_spec(spec, len(layers))
     for i in range(spec.start, spec.end):
         check_layer(layers[i])

@@ -146,7 +146,7 @@ def recovery_settings(
         out.append(
             (
                 f"{spec.name}_lora",
-                lambda m, s=spec: apply_cqil(m, s.start, s.end, s.parallel_degree, s.bypass_distance),
+                lambda m, s=spec: apply_cqil(m, s),
                 remove_cqil,
                 {"kind": "cqil_lora", "p": spec.parallel_degree, "s": spec.start, "e": spec.end, "d": spec.bypass_distance},
             )

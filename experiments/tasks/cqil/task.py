@@ -12,6 +12,7 @@ Metric keys: `<setting>/<metric>`, setting = original | cqil_p{P}_s{S}_e{E}[_d{D
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.errors import UserError
 from data.text_corpus import corpus_windows
+from experiments.analysis.tables import markdown_table
 from experiments.core.run_context import RunContext
 from experiments.core.task import TaskResult
 from models.cqil.analysis import (
@@ -116,7 +118,7 @@ def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) 
     variants = {"original": decoder.layers}
     for spec in specs:
         for mode in (m for m in modes if m not in DISTRIBUTED_LATENCY_MODES):
-            apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree, spec.bypass_distance, mode=mode)
+            apply_cqil(lm.model, spec, mode=mode)
             variants[f"{spec.name}/{mode}"] = decoder.layers
             remove_cqil(lm.model)
     try:
@@ -145,10 +147,10 @@ def distributed_latency_job(
     with torch.no_grad():
         for raw in specs:
             spec = CQILSpec(**raw)
-            apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree, spec.bypass_distance, mode="sequential")
+            apply_cqil(lm.model, spec, mode="sequential")
             sequential = lm.model(prompt).logits
             remove_cqil(lm.model)
-            apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree, spec.bypass_distance, mode="distributed")
+            apply_cqil(lm.model, spec, mode="distributed")
             gaps[spec.name] = float((lm.model(prompt).logits - sequential).abs().max())
             variants[f"{spec.name}/{mode}"] = decoder.layers
             remove_cqil(lm.model)
@@ -228,47 +230,233 @@ def recover_and_score(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer, simi
         yield name, values, dict(factors)
 
 
-def distributed_scores(cfg_dict: dict, rank: int, world: int) -> dict[str, Any]:
-    """On every rank: score the original, then each setting in sequential mode and in distributed
-    mode (same windows, same prompts); rank 0's result is the task's."""
-    cfg = OmegaConf.create(cfg_dict)
+class Results:
+    """What the stages collect: metrics keyed `<setting>/<metric>` and one record per scored setting."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, setting: str, kind: str, values: dict[str, float], **factors: Any) -> None:
+        self.metrics.update(prefixed(setting, values))
+        self.records.append({"setting": setting, "kind": kind, **factors, **values})
+
+
+def prefixed(setting: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{setting}/{k}": v for k, v in values.items()}
+
+
+def spec_factors(spec: CQILSpec) -> dict[str, int]:
+    """A setting's factors under the names the records (and `cqil.settings`) use."""
+    return {"p": spec.parallel_degree, "s": spec.start, "e": spec.end, "d": spec.bypass_distance}
+
+
+def check_latency_config(cfg: DictConfig) -> None:
+    """Refuse unknown latency modes before the model loads and the grid runs, not minutes later."""
+    if cfg.cqil.latency.enabled:
+        check_latency_modes(list(cfg.cqil.latency.modes))
+
+
+def load_model(cfg: DictConfig):
+    """Seed, then load the checkpoint `model.loader` names: the seed fixes everything random
+    downstream (timing prompts, recovery batches), so a run repeats."""
     torch.manual_seed(int(cfg.seed))
-    lm = instantiate(cfg.model.loader)
-    num_layers = len(decoder_of(lm.model).layers)
-    scorer = Scorer(cfg, lm)
-    metrics: dict[str, float] = {f"original/{k}": v for k, v in scorer.score().items()}
-    records = []
-    for spec in parse_settings(cfg.cqil.settings):
-        apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree, spec.bypass_distance, mode="sequential")
-        sequential = scorer.score(greedy=False)
-        remove_cqil(lm.model)
-        apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree, spec.bypass_distance, mode="distributed")
+    return instantiate(cfg.model.loader)
+
+
+def layer_count(lm) -> int:
+    """Layers of the untouched model: the denominator of every ideal latency ratio."""
+    return len(decoder_of(lm.model).layers)
+
+
+def build_specs(cfg: DictConfig) -> list[CQILSpec]:
+    """The CQIL settings of `cqil.settings`; scoring, the removal baseline and the table all follow them."""
+    return parse_settings(cfg.cqil.settings)
+
+
+def score_original(scorer: Scorer, results: Results) -> dict[str, float]:
+    """Score the untouched model first: every other setting's perplexity rise is measured against it.
+    Returns its perplexities (`<corpus>_ppl`)."""
+    values = scorer.score()
+    results.add("original", "original", {**values, "ideal_latency_ratio": 1.0})
+    return {k: v for k, v in values.items() if k.endswith("_ppl")}
+
+
+def analyse_similarity(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer-input cosine similarity on the calibration windows, computed once because the heat map,
+    the removal order and the (S, E) rule all read it. Returns (similarity, calibration windows)."""
+    calib = scorer.windows[cfg.cqil.rule.corpus][: ctx.limit(int(cfg.cqil.rule.calibration_windows))]
+    similarity = layer_inputs_similarity(lm.model, calib)
+    ctx.save_figure(heatmap_figure(similarity, f"{cfg.model.name}: layer-input cosine similarity"), "layer_similarity")
+    ctx.write_artifact("layer_similarity.csv", "\n".join(",".join(f"{v:.5f}" for v in row) for row in similarity.tolist()) + "\n")
+    return similarity, calib
+
+
+def score_cqil_settings(cfg: DictConfig, lm, scorer: Scorer, specs: list[CQILSpec], num_layers: int, results: Results) -> None:
+    """Score every CQIL setting with its groups run as `cqil.mode` and `cqil.bypass_residual`: the
+    task's main result, the model restored after each."""
+    for spec in specs:
+        spec = dataclasses.replace(spec, bypass_residual=bool(cfg.cqil.bypass_residual))
+        apply_cqil(lm.model, spec, mode=cfg.cqil.mode)
         try:
             values = scorer.score()
         finally:
             remove_cqil(lm.model)
-        for key, value in sequential.items():
-            values[f"sequential_{key}"] = value
+        values["ideal_latency_ratio"] = spec.ideal_latency_ratio(num_layers)
+        results.add(spec.name, "cqil", values, **spec_factors(spec))
+        log.info("%s: %s", spec.name, values)
+
+
+def score_removal_baselines(
+    lm, scorer: Scorer, specs: list[CQILSpec], similarity: torch.Tensor, num_layers: int, results: Results
+) -> None:
+    """Drop the k most redundant layers (ShortGPT-style) for each k a CQIL setting saves: the baseline
+    at equal ideal latency that CQIL has to beat."""
+    for k in sorted({saved_layers(s) for s in specs}):
+        remove_layers(lm.model, layers_to_remove(similarity, k))
+        try:
+            values = scorer.score()
+        finally:
+            restore_layers(lm.model)
+        results.add(f"removed_{k}", "removed", {**values, "ideal_latency_ratio": 1.0 - k / num_layers}, removed=k)
+        log.info("removed_%d: %s", k, values)
+
+
+def propose_with_rule(cfg: DictConfig, ctx: RunContext, lm, similarity: torch.Tensor, calib: torch.Tensor) -> dict[str, float]:
+    """The (S, E) proposal rule of `cqil.rule`: a window of similar layer inputs whose calibration
+    perplexity rise stays in bound, so a user need not search the grid; `rule_p{P}/*` metrics."""
+    rule = cfg.cqil.rule
+    calib_base = perplexity(lm.model, calib)
+
+    def rise(spec: CQILSpec) -> float:
+        apply_cqil(lm.model, spec)
+        try:
+            value = perplexity(lm.model, calib) / calib_base - 1.0
+        finally:
+            remove_cqil(lm.model)
+        log.info("rule: %s calibration ppl rise %+.1f %%", spec.name, 100 * value)
+        return value
+
+    proposal = propose_region(
+        similarity,
+        int(rule.parallel_degree),
+        float(rule.similarity_bound),
+        float(rule.max_ppl_rise),
+        rise,
+        ctx.limit(int(rule.max_evaluations)),
+    )
+    key = f"rule_p{int(rule.parallel_degree)}"
+    if proposal is None:
+        return {f"{key}/found": 0.0}
+    return {
+        f"{key}/found": 1.0,
+        f"{key}/start": proposal.start,
+        f"{key}/end": proposal.end,
+        f"{key}/calibration_ppl_rise": proposal.ppl_rise,
+        f"{key}/min_similarity": proposal.min_similarity,
+        f"{key}/evaluations": proposal.evaluated,
+    }
+
+
+def latency_ratios(table: dict[str, dict[str, float]], spec: CQILSpec, modes: list[str], num_layers: int) -> dict[str, float]:
+    """CQIL / original decode and prefill time per mode, each against the baseline timed like it,
+    beside the ideal ratio they aim at."""
+    values = {"ideal_latency_ratio": spec.ideal_latency_ratio(num_layers)}
+    for mode in modes:
+        entry = table.get(f"{spec.name}/{mode}")
+        ref = table[baseline_key(mode)]
+        if entry is not None:
+            values[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
+            values[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
+            if "max_logit_gap_vs_sequential" in entry:
+                values[f"{mode}_max_logit_gap"] = entry["max_logit_gap_vs_sequential"]
+    return values
+
+
+def measure_latency(cfg: DictConfig, ctx: RunContext, lm, num_layers: int, results: Results) -> None:
+    """Time the original and each `cqil.latency.settings` entry in every mode in one run, so all ratios
+    share the machine's load; the raw timings go to latency.json."""
+    lat = cfg.cqil.latency
+    lat_specs = parse_settings(lat.settings)
+    table = latency_table(cfg, lm, lat_specs, list(lat.modes))
+    ctx.write_artifact("latency.json", json.dumps(table, indent=1))
+    for spec in lat_specs:
+        results.add(spec.name, "latency", latency_ratios(table, spec, list(lat.modes), num_layers), **spec_factors(spec))
+
+
+def score_recovered(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer, similarity: torch.Tensor, results: Results) -> None:
+    """LoRA + KD recovery of `cqil.recovery.settings` (and their removal baselines): how much of the
+    quality CQIL loses a short fine-tune wins back; `_lora` settings."""
+    for setting, values, factors in recover_and_score(cfg, ctx, lm, scorer, similarity):
+        results.add(setting, factors.pop("kind"), values, **factors)
+
+
+def summarize(results: Results, base: dict[str, float], specs: list[CQILSpec], corpora: list[str]) -> TaskResult:
+    """The run's output: the collected metrics and records, and the Markdown table a reader compares."""
+    table = results_table(results.metrics, base, specs, corpora)
+    return TaskResult(metrics=results.metrics, table=table, records=results.records)
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    """The task, stage by stage (keys in the module docstring); the optional stages follow `cqil.*`."""
+    if cfg.cqil.mode == "distributed":
+        return run_distributed(cfg, ctx)
+    check_latency_config(cfg)
+    lm = load_model(cfg)
+    num_layers = layer_count(lm)
+    specs = build_specs(cfg)
+    scorer = Scorer(cfg, lm)
+    results = Results()
+    base = score_original(scorer, results)
+    similarity, calib = analyse_similarity(cfg, ctx, lm, scorer)
+    score_cqil_settings(cfg, lm, scorer, specs, num_layers, results)
+    if cfg.cqil.removal:
+        score_removal_baselines(lm, scorer, specs, similarity, num_layers, results)
+    if cfg.cqil.rule.enabled:
+        results.metrics.update(propose_with_rule(cfg, ctx, lm, similarity, calib))
+    if cfg.cqil.latency.enabled:
+        measure_latency(cfg, ctx, lm, num_layers, results)
+    if cfg.cqil.recovery.enabled:
+        score_recovered(cfg, ctx, lm, scorer, similarity, results)
+    return summarize(results, base, specs, list(scorer.windows))
+
+
+def score_both_modes(lm, scorer: Scorer, spec: CQILSpec) -> dict[str, float]:
+    """Score `spec` in sequential mode (perplexity only), then in distributed mode: the two must agree,
+    so the sequential perplexities travel along as `sequential_<corpus>_ppl`."""
+    apply_cqil(lm.model, spec, mode="sequential")
+    sequential = scorer.score(greedy=False)
+    remove_cqil(lm.model)
+    apply_cqil(lm.model, spec, mode="distributed")
+    try:
+        values = scorer.score()
+    finally:
+        remove_cqil(lm.model)
+    for key, value in sequential.items():
+        values[f"sequential_{key}"] = value
+    return values
+
+
+def distributed_scores(cfg_dict: dict, rank: int, world: int) -> dict[str, Any]:
+    """On every rank: score the original, then each setting in sequential mode and in distributed
+    mode (same windows, same prompts); rank 0's result is the task's."""
+    cfg = OmegaConf.create(cfg_dict)
+    lm = load_model(cfg)
+    num_layers = layer_count(lm)
+    scorer = Scorer(cfg, lm)
+    results = Results()
+    results.metrics.update(prefixed("original", scorer.score()))
+    for spec in build_specs(cfg):
+        values = score_both_modes(lm, scorer, spec)
         values["ideal_latency_ratio"] = spec.ideal_latency_ratio(num_layers)
         values["world_size"] = float(world)
-        metrics.update({f"{spec.name}/{k}": v for k, v in values.items()})
-        records.append(
-            {
-                "setting": spec.name,
-                "kind": "cqil_distributed",
-                "p": spec.parallel_degree,
-                "s": spec.start,
-                "e": spec.end,
-                "d": spec.bypass_distance,
-                **values,
-            }
-        )
-    return {"metrics": metrics, "records": records}
+        results.add(spec.name, "cqil_distributed", values, **spec_factors(spec))
+    return {"metrics": results.metrics, "records": results.records}
 
 
-def run_distributed(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    """`cqil.mode=distributed`: under torchrun every rank runs this job (rank 0 writes); from plain
-    `run.py`, `cqil.world_size` processes are spawned (gloo on CPU, NCCL with enough GPUs)."""
+def score_on_ranks(cfg: DictConfig) -> dict[str, Any]:
+    """Run `distributed_scores` on every rank: in place when torchrun started this process as one of
+    its ranks, else in `cqil.world_size` spawned processes; returns rank 0's result."""
     from models.cqil.distributed import init_from_env, spawn
 
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -276,174 +464,64 @@ def run_distributed(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     if init_from_env():
         import torch.distributed as dist
 
-        out = distributed_scores(container, dist.get_rank(), dist.get_world_size())
-    else:
-        out = spawn(
-            functools.partial(distributed_scores, container),
-            world_size=int(cfg.cqil.world_size),
-            threads=int(cfg.cqil.threads_per_rank),
-        )
-    metrics = out["metrics"]
+        return distributed_scores(container, dist.get_rank(), dist.get_world_size())
+    return spawn(
+        functools.partial(distributed_scores, container),
+        world_size=int(cfg.cqil.world_size),
+        threads=int(cfg.cqil.threads_per_rank),
+    )
+
+
+def run_distributed(cfg: DictConfig, ctx: RunContext) -> TaskResult:
+    """`cqil.mode=distributed`: under torchrun every rank runs this job (rank 0 writes); from plain
+    `run.py`, `cqil.world_size` processes are spawned (gloo on CPU, NCCL with enough GPUs)."""
+    out = score_on_ranks(cfg)
+    table = distributed_table(out["metrics"], build_specs(cfg))
+    return TaskResult(metrics=out["metrics"], table=table, records=out["records"])
+
+
+def distributed_table(metrics: dict[str, float], specs: list[CQILSpec]) -> str:
+    """Markdown: sequential vs distributed perplexity per setting and corpus (they must agree), and the
+    distributed model's greedy agreement with the original."""
     corpora = [k.split("/")[1][: -len("_ppl")] for k in metrics if k.startswith("original/") and k.endswith("_ppl")]
-    specs = parse_settings(cfg.cqil.settings)
-    lines = ["| setting | corpus | sequential ppl | distributed ppl | greedy agreement (distributed) |", "|---|---|---|---|---|"]
+    header = ["setting", "corpus", "sequential ppl", "distributed ppl", "greedy agreement (distributed)"]
+    rows = [
+        [
+            spec.name,
+            corpus,
+            f"{metrics[f'{spec.name}/sequential_{corpus}_ppl']:.4f}",
+            f"{metrics[f'{spec.name}/{corpus}_ppl']:.4f}",
+            f"{metrics[f'{spec.name}/greedy_agreement']:.3f}",
+        ]
+        for spec in specs
+        for corpus in corpora
+    ]
+    return markdown_table(header, rows)
+
+
+def table_settings(metrics: dict[str, float], specs: list[CQILSpec]) -> list[str]:
+    """Rows of the results table in reading order: the original, each CQIL setting beside its
+    equal-latency removal, then the recovered ones; each once, and only those scored."""
+    settings = ["original"]
     for spec in specs:
-        for corpus in corpora:
-            lines.append(
-                f"| {spec.name} | {corpus} | {metrics[f'{spec.name}/sequential_{corpus}_ppl']:.4f} | "
-                f"{metrics[f'{spec.name}/{corpus}_ppl']:.4f} | {metrics[f'{spec.name}/greedy_agreement']:.3f} |"
-            )
-    return TaskResult(metrics=metrics, table="\n".join(lines), records=out["records"])
-
-
-def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    if cfg.cqil.mode == "distributed":
-        return run_distributed(cfg, ctx)
-    torch.manual_seed(int(cfg.seed))
-    if cfg.cqil.latency.enabled:
-        check_latency_modes(list(cfg.cqil.latency.modes))  # before the model loads and the grid runs
-    lm = instantiate(cfg.model.loader)
-    num_layers = len(decoder_of(lm.model).layers)
-    specs = parse_settings(cfg.cqil.settings)
-    scorer = Scorer(cfg, lm)
-    metrics: dict[str, float] = {}
-    records: list[dict[str, Any]] = []
-
-    def add(setting: str, kind: str, values: dict[str, float], **factors: Any) -> None:
-        metrics.update({f"{setting}/{k}": v for k, v in values.items()})
-        records.append({"setting": setting, "kind": kind, **factors, **values})
-
-    add("original", "original", {**scorer.score(), "ideal_latency_ratio": 1.0})
-    base = {k.split("/")[1]: v for k, v in metrics.items() if k.startswith("original/") and k.endswith("_ppl")}
-
-    # similarity analysis (calibration windows) -> heat map, removal order, (S, E) rule
-    calib = scorer.windows[cfg.cqil.rule.corpus][: ctx.limit(int(cfg.cqil.rule.calibration_windows))]
-    similarity = layer_inputs_similarity(lm.model, calib)
-    ctx.save_figure(heatmap_figure(similarity, f"{cfg.model.name}: layer-input cosine similarity"), "layer_similarity")
-    ctx.write_artifact("layer_similarity.csv", "\n".join(",".join(f"{v:.5f}" for v in row) for row in similarity.tolist()) + "\n")
-
-    for spec in specs:
-        validate = CQILSpec(spec.start, spec.end, spec.parallel_degree, spec.bypass_distance)
-        apply_cqil(
-            lm.model,
-            spec.start,
-            spec.end,
-            spec.parallel_degree,
-            spec.bypass_distance,
-            mode=cfg.cqil.mode,
-            bypass_residual=bool(cfg.cqil.bypass_residual),
-        )
-        try:
-            values = scorer.score()
-        finally:
-            remove_cqil(lm.model)
-        values["ideal_latency_ratio"] = validate.ideal_latency_ratio(num_layers)
-        add(spec.name, "cqil", values, p=spec.parallel_degree, s=spec.start, e=spec.end, d=spec.bypass_distance)
-        log.info("%s: %s", spec.name, values)
-
-    if cfg.cqil.removal:
-        for k in sorted({saved_layers(s) for s in specs}):
-            remove_layers(lm.model, layers_to_remove(similarity, k))
-            try:
-                values = scorer.score()
-            finally:
-                restore_layers(lm.model)
-            add(f"removed_{k}", "removed", {**values, "ideal_latency_ratio": 1.0 - k / num_layers}, removed=k)
-            log.info("removed_%d: %s", k, values)
-
-    rule = cfg.cqil.rule
-    if rule.enabled:
-        calib_base = perplexity(lm.model, calib)
-
-        def rise(spec: CQILSpec) -> float:
-            apply_cqil(lm.model, spec.start, spec.end, spec.parallel_degree)
-            try:
-                value = perplexity(lm.model, calib) / calib_base - 1.0
-            finally:
-                remove_cqil(lm.model)
-            log.info("rule: %s calibration ppl rise %+.1f %%", spec.name, 100 * value)
-            return value
-
-        proposal = propose_region(
-            similarity,
-            int(rule.parallel_degree),
-            float(rule.similarity_bound),
-            float(rule.max_ppl_rise),
-            rise,
-            ctx.limit(int(rule.max_evaluations)),
-        )
-        key = f"rule_p{int(rule.parallel_degree)}"
-        if proposal is None:
-            metrics[f"{key}/found"] = 0.0
-        else:
-            metrics.update(
-                {
-                    f"{key}/found": 1.0,
-                    f"{key}/start": proposal.start,
-                    f"{key}/end": proposal.end,
-                    f"{key}/calibration_ppl_rise": proposal.ppl_rise,
-                    f"{key}/min_similarity": proposal.min_similarity,
-                    f"{key}/evaluations": proposal.evaluated,
-                }
-            )
-
-    lat = cfg.cqil.latency
-    if lat.enabled:
-        lat_specs = parse_settings(lat.settings)
-        table = latency_table(cfg, lm, lat_specs, list(lat.modes))
-        ctx.write_artifact("latency.json", json.dumps(table, indent=1))
-        for spec in lat_specs:
-            values = {"ideal_latency_ratio": spec.ideal_latency_ratio(num_layers)}
-            for mode in lat.modes:
-                entry = table.get(f"{spec.name}/{mode}")
-                ref = table[baseline_key(mode)]
-                if entry is not None:
-                    values[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
-                    values[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
-                    if "max_logit_gap_vs_sequential" in entry:
-                        values[f"{mode}_max_logit_gap"] = entry["max_logit_gap_vs_sequential"]
-            metrics.update({f"{spec.name}/{k}": v for k, v in values.items()})
-            records.append(
-                {
-                    "setting": spec.name,
-                    "kind": "latency",
-                    "p": spec.parallel_degree,
-                    "s": spec.start,
-                    "e": spec.end,
-                    "d": spec.bypass_distance,
-                    **values,
-                }
-            )
-
-    if cfg.cqil.recovery.enabled:
-        for setting, values, factors in recover_and_score(cfg, ctx, lm, scorer, similarity):
-            add(setting, factors.pop("kind"), values, **factors)
-
-    return TaskResult(metrics=metrics, table=results_table(metrics, base, specs, list(scorer.windows)), records=records)
+        settings += [spec.name, f"removed_{saved_layers(spec)}"]
+    settings += sorted({k.split("/")[0] for k in metrics if k.endswith("_lora/greedy_agreement")})
+    return [s for i, s in enumerate(settings) if s not in settings[:i] and f"{s}/greedy_agreement" in metrics]
 
 
 def results_table(metrics: dict[str, float], base: dict[str, float], specs: list[CQILSpec], corpora: list[str]) -> str:
     """Markdown: every setting's perplexities (and rise vs the original), agreement, ideal latency,
     with the removal baseline at equal ideal latency beside each CQIL setting."""
-    head = "| setting | " + " | ".join(f"{c} ppl (rise)" for c in corpora) + " | greedy agreement | ideal latency |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    settings = ["original"]
-    for spec in specs:
-        settings += [spec.name, f"removed_{saved_layers(spec)}"]
-    settings += sorted({k.split("/")[0] for k in metrics if k.endswith("_lora/greedy_agreement")})
-    seen = set()
-    for s in settings:
-        if s in seen or f"{s}/greedy_agreement" not in metrics:
-            continue
-        seen.add(s)
+    header = ["setting", *(f"{c} ppl (rise)" for c in corpora), "greedy agreement", "ideal latency"]
+    rows = []
+    for s in table_settings(metrics, specs):
         cells = []
         for c in corpora:
             v = metrics.get(f"{s}/{c}_ppl")
             cells.append("–" if v is None else f"{v:.2f} ({100 * (v / base[f'{c}_ppl'] - 1):+.1f} %)")
-        lines.append(
-            f"| {s} | " + " | ".join(cells) + f" | {metrics[f'{s}/greedy_agreement']:.3f} | "
-            f"{metrics.get(f'{s}/ideal_latency_ratio', float('nan')):.3f} |"
-        )
+        ideal = metrics.get(f"{s}/ideal_latency_ratio", float("nan"))
+        rows.append([s, *cells, f"{metrics[f'{s}/greedy_agreement']:.3f}", f"{ideal:.3f}"])
+    blocks = [markdown_table(header, rows)]
     lat_rows = sorted(
         {
             k.split("/")[0]
@@ -452,20 +530,12 @@ def results_table(metrics: dict[str, float], base: dict[str, float], specs: list
         }
     )
     if lat_rows:
-        lines += [
-            "",
-            "| latency setting (CQIL / original, decode per token) | ideal | sequential | fused | distributed |",
-            "|---|---|---|---|---|",
-        ]
-        for s in lat_rows:
+        lat_header = ["latency setting (CQIL / original, decode per token)", "ideal", "sequential", "fused", "distributed"]
+        metric_names = ["ideal_latency_ratio", "sequential_latency_ratio", "fused_latency_ratio", "distributed_latency_ratio"]
 
-            def cell(m: str, s: str = s) -> str:
-                return f"{metrics[f'{s}/{m}']:.3f}" if f"{s}/{m}" in metrics else "–"
+        def cell(s: str, m: str) -> str:
+            return f"{metrics[f'{s}/{m}']:.3f}" if f"{s}/{m}" in metrics else "–"
 
-            lines.append(
-                f"| {s} | {cell('ideal_latency_ratio')} | {cell('sequential_latency_ratio')} | "
-                f"{cell('fused_latency_ratio')} | {cell('distributed_latency_ratio')} |"
-            )
-    for key in sorted(k for k in metrics if k.startswith("rule_")):
-        lines.append(f"\n{key} = {metrics[key]:.4g}")
-    return "\n".join(lines)
+        blocks += ["", markdown_table(lat_header, [[s, *(cell(s, m) for m in metric_names)] for s in lat_rows])]
+    blocks += [f"\n{key} = {metrics[key]:.4g}" for key in sorted(k for k in metrics if k.startswith("rule_"))]
+    return "\n".join(blocks)

@@ -9,7 +9,7 @@ import torch
 
 from common.errors import UserError
 from models.cqil.distributed import spawn
-from models.cqil.plugin import apply_cqil, remove_cqil
+from models.cqil.plugin import CQILSpec, apply_cqil, remove_cqil
 from models.cqil.shm import shared_memory_supported
 from tests.models.cqil.tiny import distributed_job, make_tiny
 
@@ -27,9 +27,9 @@ needs_x86 = pytest.mark.skipif(not shared_memory_supported(), reason="shared-mem
 def test_two_gloo_ranks_equal_sequential(start, end, p, d, comm):
     """Over gloo, or with the per-token collectives in shared memory: the same logits and tokens."""
     ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(3))
-    got = spawn(functools.partial(distributed_job, ids, start, end, p, d), world_size=2, backend="gloo", comm=comm)
+    got = spawn(functools.partial(distributed_job, ids, CQILSpec(start, end, p, d)), world_size=2, backend="gloo", comm=comm)
     model = make_tiny()
-    apply_cqil(model, start, end, p, d, mode="sequential")
+    apply_cqil(model, CQILSpec(start, end, p, d), mode="sequential")
     with torch.no_grad():
         want = model(ids).logits
         generated = model.generate(
@@ -45,7 +45,7 @@ def test_two_gloo_ranks_equal_sequential(start, end, p, d, comm):
 
 def test_distributed_needs_a_process_group():
     with pytest.raises(UserError, match="torch.distributed"):
-        apply_cqil(make_tiny(), 1, 3, 2, mode="distributed")
+        apply_cqil(make_tiny(), CQILSpec(1, 3, 2), mode="distributed")
     with pytest.raises(UserError, match="world_size"):
         spawn(print, world_size=1)
 

@@ -67,7 +67,7 @@ def test_reference_loop_matches_untouched_model(model, ids):
 @pytest.mark.parametrize("mode", ["sequential", "fused"])
 @torch.no_grad()
 def test_group_semantics_match_reference(model, ids, start, end, p, d, mode):
-    spec = apply_cqil(model, start, end, p, d, mode=mode)
+    spec = apply_cqil(model, CQILSpec(start, end, p, d), mode=mode)
     try:
         got = model(ids).logits
     finally:
@@ -77,9 +77,64 @@ def test_group_semantics_match_reference(model, ids, start, end, p, d, mode):
     assert not torch.allclose(want, model(ids).logits, atol=1e-2)  # CQIL really changed the model
 
 
+def member_indices(group: torch.nn.Module) -> list[int]:
+    """The original layer indices a group module runs (sequential groups keep the layers, fused ones their indices)."""
+    if hasattr(group, "layer_indices"):
+        return list(group.layer_indices)
+    return [int(m.self_attn.layer_idx) for m in group.members]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [CQILSpec(1, 3, 2), CQILSpec(0, 4, 2, 1, bypass_residual=False), CQILSpec(1, 4, 2, allow_ragged=True), CQILSpec(0, 4, 4, 2)],
+    ids=lambda s: f"{s.name}_res{int(s.bypass_residual)}_rag{int(s.allow_ragged)}",
+)
+@pytest.mark.parametrize("mode", ["sequential", "fused"])
+@torch.no_grad()
+def test_spec_fields_reach_the_patched_model(model, ids, spec, mode):
+    """apply_cqil(model, spec): the layers the spec groups are the ones that run concurrently (they read
+    the same input), the rest run one after another, and bypass distance / residual reach every group."""
+    original = list(model.model.layers)
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.input_layernorm.register_forward_pre_hook(lambda _, args, i=i: inputs.setdefault(i, args[0].clone()))
+        for i, layer in enumerate(original)
+    ]
+    try:
+        assert apply_cqil(model, spec, mode=mode) is spec
+        assert cqil_spec(model) is spec
+        layers = list(model.model.layers)
+        groups = [member_indices(m) for m in layers[spec.start : spec.start + len(spec.groups())]]
+        assert groups == spec.groups()
+        assert layers[: spec.start] == original[: spec.start]
+        assert layers[spec.start + len(groups) :] == original[spec.end :]
+        for group in layers[spec.start : spec.start + len(groups)]:
+            assert (group.distance, group.residual) == (spec.bypass_distance, spec.bypass_residual)
+        if mode == "sequential":  # the fused kernels bypass the layer modules, so only sequential can be observed
+            model(ids)
+            together = {i: tuple(g) for g in spec.groups() for i in g}
+            for a in range(len(original)):
+                for b in range(a + 1, len(original)):
+                    same = together.get(a, (a,)) == together.get(b, (b,))
+                    assert torch.equal(inputs[a], inputs[b]) == same, (a, b)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        if cqil_spec(model) is not None:
+            remove_cqil(model)
+
+
+def test_apply_cqil_takes_a_spec(model):
+    with pytest.raises(TypeError, match="CQILSpec"):
+        apply_cqil(model, 0, "sequential")
+    with pytest.raises(TypeError):
+        apply_cqil(model, 0, 4, 2)  # the old unpacked form
+    assert cqil_spec(model) is None
+
+
 @torch.no_grad()
 def test_bypass_into_mlp_only_variant(model, ids):
-    spec = apply_cqil(model, 0, 4, 4, 2, bypass_residual=False)
+    spec = apply_cqil(model, CQILSpec(0, 4, 4, 2, bypass_residual=False))
     got = model(ids).logits
     remove_cqil(model)
     assert torch.allclose(got, run_layers(model, ids, spec, residual=False), atol=1e-4)
@@ -89,10 +144,10 @@ def test_bypass_into_mlp_only_variant(model, ids):
 @torch.no_grad()
 def test_fused_equals_sequential(model, ids):
     for d in (0, 1):
-        apply_cqil(model, 0, 4, 2, d)
+        apply_cqil(model, CQILSpec(0, 4, 2, d))
         seq = model(ids).logits
         remove_cqil(model)
-        apply_cqil(model, 0, 4, 2, d, mode="fused")
+        apply_cqil(model, CQILSpec(0, 4, 2, d), mode="fused")
         fused = model(ids).logits
         remove_cqil(model)
         assert torch.allclose(seq, fused, atol=1e-4)
@@ -103,7 +158,7 @@ def test_single_member_groups_give_original_logits(model, ids):
     """S = E is rejected as an empty region; the degenerate groups (a ragged window of one layer)
     must reproduce the untouched model exactly as the paper's P = 1 does."""
     base = model(ids).logits
-    apply_cqil(model, 3, 4, 2, allow_ragged=True)
+    apply_cqil(model, CQILSpec(3, 4, 2, allow_ragged=True))
     assert torch.allclose(model(ids).logits, base, atol=1e-5)
     remove_cqil(model)
 
@@ -112,7 +167,7 @@ def test_single_member_groups_give_original_logits(model, ids):
 def test_removal_restores_original_logits_and_weights(model, ids):
     base = model(ids).logits
     keys = set(model.state_dict())
-    apply_cqil(model, 0, 4, 2, 1, mode="fused")
+    apply_cqil(model, CQILSpec(0, 4, 2, 1), mode="fused")
     assert cqil_spec(model) == CQILSpec(0, 4, 2, 1)
     remove_cqil(model)
     assert cqil_spec(model) is None
@@ -126,7 +181,7 @@ def test_removal_restores_original_logits_and_weights(model, ids):
 def test_kv_cache_generation_equals_recomputation(model, mode, d):
     """HF generate (KV cache on) == greedy argmax recomputing the whole prefix each step, no cache."""
     prompt = torch.tensor([[5, 17, 3, 44, 8]])
-    apply_cqil(model, 0, 4, 2, d, mode=mode)
+    apply_cqil(model, CQILSpec(0, 4, 2, d), mode=mode)
     try:
         cached = model.generate(
             prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
@@ -153,18 +208,18 @@ def test_kv_cache_generation_equals_recomputation(model, mode, d):
 )
 def test_bad_settings_are_clear_errors(model, args, match):
     with pytest.raises(UserError, match=match):
-        apply_cqil(model, *args)
+        apply_cqil(model, CQILSpec(*args))
     assert cqil_spec(model) is None
 
 
 def test_unsupported_architecture_and_double_apply(model):
     with pytest.raises(UserError, match="unsupported architecture"):
-        apply_cqil(torch.nn.Linear(2, 2), 0, 2, 2)
+        apply_cqil(torch.nn.Linear(2, 2), CQILSpec(0, 2, 2))
     with pytest.raises(UserError, match="unknown|choose one of"):
-        apply_cqil(model, 0, 4, 2, mode="warp")
-    apply_cqil(model, 0, 4, 2)
+        apply_cqil(model, CQILSpec(0, 4, 2), mode="warp")
+    apply_cqil(model, CQILSpec(0, 4, 2))
     with pytest.raises(UserError, match="already applied"):
-        apply_cqil(model, 0, 4, 2)
+        apply_cqil(model, CQILSpec(0, 4, 2))
     remove_cqil(model)
     with pytest.raises(UserError, match="not applied"):
         remove_cqil(model)

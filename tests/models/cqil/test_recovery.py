@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 
 from models.cqil.analysis import remove_layers, restore_layers
-from models.cqil.plugin import apply_cqil, remove_cqil
+from models.cqil.plugin import CQILSpec, apply_cqil, remove_cqil
 from models.cqil.recovery import kd_loss, original_layers, recover
 from tests.models.cqil.tiny import tiny_llama
 
@@ -25,7 +25,7 @@ def test_teacher_is_the_original_and_removal_is_restored():
     model = tiny_llama()
     ids = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(0))
     base = model(ids).logits
-    apply_cqil(model, 0, 4, 2)
+    apply_cqil(model, CQILSpec(0, 4, 2))
     with original_layers(model):
         assert torch.equal(model(ids).logits, base)
     cqil = model(ids).logits
@@ -44,7 +44,7 @@ def test_recovery_trains_adapters_only_and_unloads():
     ids = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         base = model(ids).logits
-    apply_cqil(model, 0, 4, 2)
+    apply_cqil(model, CQILSpec(0, 4, 2))
     windows = torch.randint(0, 97, (4, 12), generator=torch.Generator().manual_seed(1))
 
     def make_trainer(name, steps):

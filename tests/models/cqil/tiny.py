@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from models.cqil.plugin import CQILSpec, apply_cqil
+
 
 def tiny_config(layers: int = 4, attn: str = "eager") -> LlamaConfig:
     config = LlamaConfig(
@@ -38,12 +40,10 @@ def make_tiny(seed: int = 0) -> LlamaForCausalLM:
     return tiny_llama(seed=seed, attn="sdpa")
 
 
-def distributed_job(ids: torch.Tensor, start: int, end: int, p: int, d: int, rank: int, world: int) -> dict:
+def distributed_job(ids: torch.Tensor, spec: CQILSpec, rank: int, world: int) -> dict:
     """Runs in each of the spawned ranks: logits and greedy tokens of the tiny model in distributed mode."""
-    from models.cqil.plugin import apply_cqil
-
     model = make_tiny()
-    apply_cqil(model, start, end, p, d, mode="distributed")
+    apply_cqil(model, spec, mode="distributed")
     with torch.no_grad():
         logits = model(ids).logits
         generated = model.generate(
