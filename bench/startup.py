@@ -4,7 +4,7 @@
                             [--out results/runner/startup.md]
 
 Measures `python run.py --help`, `--cfg job`, a config error, `python run.py` (the quick XOR experiment)
-and `experiment=nonneg_xor`, each with logger=wandb (the default) and logger=none, so the cost of
+and `experiment=polarity_nonneg_xor`, each with logger=wandb (the default) and logger=none, so the cost of
 start-up (imports), W&B and the fits can be told apart. Run it on an idle machine: the figures are
 wall-clock times, and a loaded machine stretches them all.
 
@@ -36,8 +36,8 @@ EXPECTED_STATUS = {
 FITS = {
     "python run.py (quick XOR), logger=wandb",
     "python run.py (quick XOR), logger=none",
-    "experiment=nonneg_xor, logger=wandb",
-    "experiment=nonneg_xor, logger=none",
+    "experiment=polarity_nonneg_xor, logger=wandb",
+    "experiment=polarity_nonneg_xor, logger=none",
 }
 COMMANDS = {
     "python -c pass (interpreter start-up, the floor)": ["-c", "pass"],
@@ -48,8 +48,8 @@ COMMANDS = {
     "unknown option (model=nope)": ["model=nope"],
     "python run.py (quick XOR), logger=wandb": [],
     "python run.py (quick XOR), logger=none": ["logger=none"],
-    "experiment=nonneg_xor, logger=wandb": ["experiment=nonneg_xor"],
-    "experiment=nonneg_xor, logger=none": ["experiment=nonneg_xor", "logger=none"],
+    "experiment=polarity_nonneg_xor, logger=wandb": ["experiment=polarity_nonneg_xor"],
+    "experiment=polarity_nonneg_xor, logger=none": ["experiment=polarity_nonneg_xor", "logger=none"],
     "import torch + lightning only": None,
 }
 FLOOR = "python -c pass (interpreter start-up, the floor)"
