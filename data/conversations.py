@@ -56,6 +56,10 @@ class Dialogue:
     labels: np.ndarray  # (T,) int64
     features: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (T, D) float32
     sentences: list[str] | None = None
+    utterance_ids: list[str] | None = None  # the corpus's own ids; `<dialogue>_<t>` where it has none
+
+    def utterance_id(self, t: int) -> str:
+        return self.utterance_ids[t] if self.utterance_ids else f"{self.id}_{t}"
 
 
 @dataclass
@@ -129,7 +133,7 @@ def check_dialogue(dialogue: Dialogue, num_classes: int, dims: Mapping[str, int]
             )
 
 
-def _finish(splits: dict[str, list[Dialogue]], label_names: Sequence[str], num_speakers: int, where: str) -> Corpus:
+def finish_corpus(splits: dict[str, list[Dialogue]], label_names: Sequence[str], num_speakers: int, where: str) -> Corpus:
     dims = None
     for split in SPLITS:
         if not splits.get(split):
@@ -179,7 +183,7 @@ def read_cosmic(
                 )
             )
         splits[split] = dialogues
-    return _finish(splits, label_names, num_speakers, str(path))
+    return finish_corpus(splits, label_names, num_speakers, str(path))
 
 
 def split_train_valid(keys: Sequence[Any], valid_fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:
@@ -232,7 +236,7 @@ def read_feature_pickle(
                 )
             )
         splits[split] = dialogues
-    return _finish(splits, label_names, num_speakers, str(path))
+    return finish_corpus(splits, label_names, num_speakers, str(path))
 
 
 # ------------------------------------------------------------------------------------------ corpora from config
@@ -312,7 +316,52 @@ def synthetic_corpus(
                 feats[m][degrade_rng.random(n) < drop_prob] = 0.0
             dialogues.append(Dialogue(f"{split}_{i}", rng.integers(num_speakers, size=n).astype(np.int64), labels, feats))
         splits[split] = dialogues
-    return _finish(splits, [f"c{k}" for k in range(num_classes)], num_speakers, "synthetic")
+    return finish_corpus(splits, [f"c{k}" for k in range(num_classes)], num_speakers, "synthetic")
+
+
+# ------------------------------------------------------------------------------------------ training statistics
+def training_label_shares(corpus: Corpus) -> np.ndarray:
+    """Each class's share of the training utterances."""
+    labels = np.concatenate([d.labels for d in corpus.splits["train"]])
+    return np.bincount(labels, minlength=len(corpus.label_names)) / len(labels)
+
+
+def resolve_class_weights(spec: Sequence[float] | str | None, corpus: Corpus, key: str) -> list[float] | None:
+    """Cross-entropy class weights: `inverse_frequency` = 1 / (the class's share of the training utterances),
+    as MMGCN and SDT weight IEMOCAP (the rarest class weighs most); a list is taken as the weights themselves."""
+    names = corpus.label_names
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec != "inverse_frequency":
+            raise UserError(f"{key}={spec!r}: use inverse_frequency, a list of {len(names)} weights, or null")
+        shares = training_label_shares(corpus)
+        absent = [names[c] for c in np.flatnonzero(shares == 0)]
+        if absent:
+            raise UserError(f"{key}=inverse_frequency: class {absent} has no training utterance; give the weights as a list")
+        return [float(w) for w in 1.0 / shares]
+    weights = [float(w) for w in spec]
+    if len(weights) != len(names):
+        raise UserError(f"{key} has {len(weights)} entries for {len(names)} classes")
+    if any(not w > 0 for w in weights):
+        raise UserError(f"{key}={weights}: every weight must be > 0")
+    return weights
+
+
+def standardize_features(corpus: Corpus) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Scale every modality to zero mean and unit variance with the training utterances' statistics, in every
+    split, so raw feature scales (openSMILE's run to the hundreds) do not dominate the reconstruction losses.
+    A constant feature keeps scale 1. Returns {modality: (mean, std)}."""
+    stats = {}
+    for modality in corpus.modality_dims:
+        train = np.concatenate([d.features[modality] for d in corpus.splits["train"]]).astype(np.float64)
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        std[std == 0] = 1.0
+        stats[modality] = (mean.astype(np.float32), std.astype(np.float32))
+        for split in SPLITS:
+            for d in corpus.splits[split]:
+                d.features[modality] = ((d.features[modality] - stats[modality][0]) / stats[modality][1]).astype(np.float32)
+    return stats
 
 
 # ------------------------------------------------------------------------------------------ batches
@@ -347,7 +396,8 @@ class ConversationDataModule(ResumableGenerators, L.LightningDataModule):
         corpus: Corpus | Callable[[], Corpus],
         batch_size: int = 16,
         eval_batch_size: int = 64,
-        class_weights: Sequence[float] | None = None,
+        class_weights: Sequence[float] | str | None = None,
+        standardize: bool = False,
         name: str = "erc",
         seed: int = 0,
         limit: int | None = None,
@@ -357,11 +407,8 @@ class ConversationDataModule(ResumableGenerators, L.LightningDataModule):
         self.config_key = config_key
         self.corpus = corpus if isinstance(corpus, Corpus) else corpus()
         self.batch_size, self.eval_batch_size, self.seed, self.limit = batch_size, eval_batch_size, seed, limit
-        if class_weights is not None and len(class_weights) != len(self.corpus.label_names):
-            raise UserError(
-                f"{config_key}.class_weights has {len(class_weights)} entries for {len(self.corpus.label_names)} classes"
-            )
-        self.class_weights = list(class_weights) if class_weights is not None else None
+        self.class_weights = resolve_class_weights(class_weights, self.corpus, f"{config_key}.class_weights")
+        self.feature_stats = standardize_features(self.corpus) if standardize else None
 
     @property
     def network_kwargs(self) -> dict[str, Any]:

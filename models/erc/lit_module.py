@@ -44,6 +44,7 @@ class ERCLitModule(L.LightningModule):
                     {
                         "accuracy": MulticlassAccuracy(num_classes, average="micro"),
                         "weighted_f1": MulticlassF1Score(num_classes, average="weighted"),
+                        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
                         "class_f1": MulticlassF1Score(num_classes, average="none"),
                     }
                 )
@@ -52,6 +53,10 @@ class ERCLitModule(L.LightningModule):
         )
         self._loss_sums = {stage: [0.0, 0] for stage in STAGES}
         self.history: list[dict[str, float]] = []
+        # per epoch and evaluation split: (dialogue id, position, label, prediction) of every utterance, so the
+        # task can write the predictions of the epoch it selects
+        self.predictions: list[dict[str, list[tuple[str, int, int, int]]]] = []
+        self._epoch_predictions: dict[str, list[tuple[str, int, int, int]]] = {stage: [] for stage in STAGES}
         self._epoch_lr = float("nan")
 
     def forward(self, batch: dict[str, Any]):
@@ -81,6 +86,10 @@ class ERCLitModule(L.LightningModule):
         preds, target = out.logits.argmax(-1)[mask], batch["labels"][mask]
         for metric in self.metrics[stage].values():
             metric.update(preds, target)
+        positions = mask.nonzero().tolist()
+        self._epoch_predictions[stage] += [
+            (batch["ids"][b], t, int(y), int(p)) for (b, t), y, p in zip(positions, target.tolist(), preds.tolist())
+        ]
 
     def on_train_epoch_start(self) -> None:
         self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -96,21 +105,26 @@ class ERCLitModule(L.LightningModule):
             row[f"{stage}_loss"] = total / count
             row[f"{stage}_accuracy"] = float(metrics["accuracy"].compute())
             row[f"{stage}_weighted_f1"] = float(metrics["weighted_f1"].compute())
+            row[f"{stage}_macro_f1"] = float(metrics["macro_f1"].compute())
             for name, value in zip(self.label_names, metrics["class_f1"].compute().tolist()):
                 row[f"{stage}_f1_{name}"] = float(value)
             for metric in metrics.values():
                 metric.reset()
+        predictions, self._epoch_predictions = self._epoch_predictions, {stage: [] for stage in STAGES}
         if self.trainer.sanity_checking:
             return
         row["train_lr"] = self._epoch_lr  # read at the epoch's start: an epoch scheduler steps before validation ends
         self.log_dict({f"{k.split('_', 1)[0]}/{k.split('_', 1)[1]}": v for k, v in row.items() if k != "epoch"}, on_epoch=True)
         self.history.append(row)
+        self.predictions.append(predictions)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["erc_history"] = list(self.history)  # a resumed fit keeps its earlier epochs
+        checkpoint["erc_predictions"] = list(self.predictions)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("erc_history", []))
+        self.predictions = list(checkpoint.get("erc_predictions", [{}] * len(self.history)))
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.network.parameters())

@@ -234,3 +234,54 @@ def test_minilm_embeddings_are_normalised_and_meaningful(tmp_path):
     assert out.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     assert out[0] @ out[1] > out[0] @ out[2]
+
+
+# ------------------------------------------------------------------------------------------ class weights, scaling
+def test_inverse_frequency_weights_are_one_over_the_training_shares():
+    corpus = synthetic_corpus(num_dialogues=(30, 4, 4), num_classes=3, seed=2)
+    labels = np.concatenate([d.labels for d in corpus.splits["train"]])
+    shares = np.bincount(labels, minlength=3) / len(labels)
+    module = ConversationDataModule(corpus, class_weights="inverse_frequency")
+    np.testing.assert_allclose(module.class_weights, 1 / shares)
+    assert int(np.argmax(module.class_weights)) == int(np.argmin(shares))  # the rarest class weighs most
+
+
+def test_real_iemocap_weights_make_the_rarest_training_class_weigh_most(data_dir):
+    corpus = read_cosmic(data_dir / "erc/iemocap.pkl", IEMOCAP_FIELDS, IEMOCAP, 2, ["M", "F"])
+    weights = ConversationDataModule(corpus, class_weights="inverse_frequency").class_weights
+    counts = np.bincount(np.concatenate([d.labels for d in corpus.splits["train"]]), minlength=6)
+    assert IEMOCAP[int(np.argmin(counts))] == "hap" and int(np.argmax(weights)) == IEMOCAP.index("hap")
+    assert sorted(range(6), key=lambda c: weights[c]) == sorted(range(6), key=lambda c: -counts[c])
+
+
+def test_the_shipped_iemocap_configs_weight_by_inverse_frequency():
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    for name in ("iemocap_text", "iemocap_features"):
+        assert OmegaConf.load(CONF / "dataset" / f"{name}.yaml").class_weights == "inverse_frequency", name
+
+
+def test_literal_weights_are_kept_and_bad_ones_refused():
+    corpus = synthetic_corpus(num_dialogues=(4, 1, 1), num_classes=2)
+    assert ConversationDataModule(corpus, class_weights=[2.0, 0.5]).class_weights == [2.0, 0.5]
+    with pytest.raises(UserError, match=r"dataset.class_weights='balanced': use inverse_frequency"):
+        ConversationDataModule(corpus, class_weights="balanced")
+    with pytest.raises(UserError, match=r"every weight must be > 0"):
+        ConversationDataModule(corpus, class_weights=[1.0, 0.0])
+
+
+def test_standardizing_uses_training_statistics_only():
+    corpus = synthetic_corpus(num_dialogues=(10, 3, 3), seed=4)
+    raw = {s: [{m: f.copy() for m, f in d.features.items()} for d in corpus.splits[s]] for s in ("train", "test")}
+    module = ConversationDataModule(corpus, standardize=True)
+    for m in corpus.modality_dims:
+        train_raw = np.concatenate([f[m] for f in raw["train"]])
+        mean, std = train_raw.mean(0), train_raw.std(0)
+        scaled_train = np.concatenate([d.features[m] for d in module.corpus.splits["train"]])
+        np.testing.assert_allclose(scaled_train.mean(0), 0, atol=1e-5)
+        np.testing.assert_allclose(scaled_train.std(0), 1, atol=1e-4)
+        test = module.corpus.splits["test"][0].features[m]
+        np.testing.assert_allclose(test, (raw["test"][0][m] - mean) / std, rtol=1e-4, atol=1e-5)
+    assert ConversationDataModule(synthetic_corpus(num_dialogues=(2, 1, 1)), standardize=False).feature_stats is None

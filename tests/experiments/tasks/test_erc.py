@@ -26,6 +26,9 @@ KEYS = (
     "test_accuracy_median",
     "test_accuracy_q25",
     "test_accuracy_q75",
+    "test_macro_f1_median",
+    "test_macro_f1_q25",
+    "test_macro_f1_q75",
     "val_weighted_f1_median",
     "test_weighted_f1_max_epoch_median",
 )
@@ -56,6 +59,7 @@ def test_every_experiment_is_found():
         "erc_cmath_meld",
         "erc_cmath_iemocap_ablation",
         "erc_cmath_modality_quality",
+        "erc_cmath_mosi",
     } <= set(EXPERIMENTS)
 
 
@@ -166,3 +170,64 @@ def test_the_lr_schedule_is_a_protocol_for_every_condition(make_config, tmp_path
             assert rates == pytest.approx([lr] * 4)
         else:  # cosine over the 4 epochs of the fit: lr * (1 + cos(pi * e / 4)) / 2
             assert rates == pytest.approx([lr * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)], rel=1e-5)  # csv: 6 digits
+
+
+def test_a_condition_setting_lr_reaches_its_optimizer(make_config):
+    """Keys are set before the node is resolved, so `optimizer.lr: ${..lr}` follows a condition's `lr`."""
+    cfg = make_config("experiment=erc_cmath_iemocap_ablation")
+    OmegaConf.set_struct(cfg, False)
+    cfg.erc.conditions = {"slow": {"model": "main", "set": {"lr": 1.0e-5}}, "base": {"model": "main"}}
+    models = condition_models(cfg)
+    assert models["slow"].optimizer.lr == 1.0e-5 and models["base"].optimizer.lr == cfg.model.lr
+
+
+def test_shared_keys_set_the_protocol_of_every_condition(make_config):
+    cfg = make_config("experiment=erc_cmath_iemocap", "+erc.shared.max_epochs=7")
+    models = condition_models(cfg)
+    assert {name: m.optimizer.lr for name, m in models.items()} == {"cmath": 1.0e-4, "symmetric": 1.0e-4, "bigru": 1.0e-4}
+    assert models["cmath"].network.temperature == models["symmetric"].network.temperature == 1.0
+    assert "temperature" not in models["bigru"].network  # a key a model lacks is left out, not added
+    assert {m.max_epochs for m in models.values()} == {7}
+    OmegaConf.set_struct(cfg, False)
+    cfg.erc.shared = {"network.temprature": 2.0}
+    with pytest.raises(UserError, match="erc.shared.network.temprature: no condition's model has this key"):
+        condition_models(cfg)
+
+
+def test_mosi_conditions_use_their_modalities_and_central_one(make_config):
+    models = condition_models(make_config("experiment=erc_cmath_mosi"))
+    assert models["cmath_central_audio"].network.central == "audio" and models["cmath_central_audio"].network.modalities is None
+    assert list(models["cmath_av"].network.modalities) == ["audio", "video"] and models["cmath_av"].network.central == "audio"
+    assert list(models["cmath_t"].network.modalities) == ["text"]
+    assert models["bigru_concat"].network._target_.endswith("BiGRU") and models["bigru_concat"].network.modalities is None
+    assert {m.optimizer.lr for m in models.values()} == {1.0e-3} and {m.network.hidden for m in models.values()} == {64}
+
+
+@pytest.mark.slow
+def test_predictions_and_macro_f1_at_the_selected_epoch(make_config, tmp_path):
+    """The predictions artifact is the selected epoch's, and the recorded accuracy and macro F1 are computed
+    from exactly those predictions (checked against scikit-learn)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    cfg = make_config(
+        "task=erc",
+        "dataset=synthetic_erc",
+        "logger=none",
+        "task.num_seeds=1",
+        "task.max_epochs=4",
+        "trainer.enable_progress_bar=false",
+        "~erc.conditions.symmetric",
+        "~erc.conditions.cmath",
+    )
+    run_task(cfg, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "records.jsonl").read_text().splitlines()[0])
+    lines = (tmp_path / "run" / "artifacts" / "predictions" / "bigru_seed0.csv").read_text().splitlines()
+    assert lines[0] == "utterance_id,label,prediction"
+    rows = [line.split(",") for line in lines[1:]]
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids)) > 0 and all(i.startswith("test_") for i in ids)  # each test utterance once
+    labels, predictions = [r[1] for r in rows], [r[2] for r in rows]
+    assert math.isclose(record["test_accuracy"], accuracy_score(labels, predictions), abs_tol=1e-6)
+    assert math.isclose(record["test_macro_f1"], f1_score(labels, predictions, average="macro"), abs_tol=1e-5)
+    assert math.isclose(record["test_weighted_f1"], f1_score(labels, predictions, average="weighted"), abs_tol=1e-5)
+    assert (tmp_path / "run" / "plots" / "confusion_bigru.png").is_file()
