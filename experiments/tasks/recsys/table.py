@@ -14,6 +14,7 @@ import csv
 from pathlib import Path
 
 from common.errors import UserError, exit_on_user_error
+from experiments.analysis.report import SUMMARY_FIELDS
 from experiments.analysis.tables import markdown_table
 
 ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack"]
@@ -37,18 +38,38 @@ def tables(summary: Path, metrics: list[str], attack: str | None = None, defense
         raise UserError(
             f"{summary} has no metric {', '.join(missing)} (it has {', '.join(sorted(have))}): aggregate with --metric"
         )
+    settings = setting_columns(rows)
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[c] for c in settings), []).append(row)
     out = []
-    for metric in metrics:
-        cell = {
-            (factor(r, "attack", attack), factor(r, "defense", defense)): float(r["median"])
-            for r in rows
-            if r["metric"] == metric
-        }
-        defenses = [d for d in DEFENSES if any(k[1] == d for k in cell)]
-        attacks = [a for a in ATTACKS if any(k[0] == a for k in cell)]
-        body = [[a, *(f"{cell[(a, d)]:.4g}" if (a, d) in cell else "" for d in defenses)] for a in attacks]
-        out.append(f"**{metric}** (median over seeds)\n\n" + markdown_table(["attack", *defenses], body))
+    for values, group in groups.items():
+        heading = ", ".join(f"{c}={v}" for c, v in zip(settings, values))
+        for metric in metrics:
+            cell: dict[tuple[str, str], float] = {}
+            for r in group:
+                if r["metric"] != metric:
+                    continue
+                key = (factor(r, "attack", attack), factor(r, "defense", defense))
+                if key in cell:
+                    raise UserError(
+                        f"{summary}: two rows for attack={key[0]} defense={key[1]} ({metric}) differ in a column "
+                        "the table cannot show; aggregate with that setting as a group column or keep it fixed"
+                    )
+                cell[key] = float(r["median"])
+            defenses = [d for d in DEFENSES if any(k[1] == d for k in cell)]
+            attacks = [a for a in ATTACKS if any(k[0] == a for k in cell)]
+            body = [[a, *(f"{cell[(a, d)]:.4g}" if (a, d) in cell else "" for d in defenses)] for a in attacks]
+            title = f"**{metric}** (median over seeds" + (f"; {heading})" if heading else ")")
+            out.append(f"{title}\n\n" + markdown_table(["attack", *defenses], body))
     return "\n\n".join(out) + "\n"
+
+
+def setting_columns(rows: list[dict[str, str]]) -> list[str]:
+    """Group columns other than attack and defence (e.g. `attack.size` of a sweep over sizes): one table per
+    combination of their values, so cells of different settings are never merged."""
+    known = set(SUMMARY_FIELDS) | {"attack", "defense", "attack_name", "defense_name"}
+    return [c for c in (rows[0] if rows else {}) if c not in known]
 
 
 def main() -> None:
