@@ -97,6 +97,19 @@ def cache_dir(cfg: DictConfig) -> Path:
     return writable_dir(cfg.task.cache_dir, Path.home() / ".cache" / "fivefold" / "recsys", "task.cache_dir")
 
 
+def attack_seed(seed: int) -> int:
+    """The profile generator's seed: derived from the run seed, apart from the training generator's stream."""
+    return int(np.random.SeedSequence([seed, 0x5A7]).generate_state(1)[0])
+
+
+def attack_code_digest() -> str:
+    """A digest of the code that makes profiles (models/recsys), so cached profiles of older code are not reused."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(M.__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def make_profiles(
     cfg: DictConfig,
     attack: Any,
@@ -105,10 +118,12 @@ def make_profiles(
     targets: list[int],
     n_fake: int,
     n_filler: int,
-    generator: torch.Generator,
 ) -> torch.Tensor:
     """The fake profiles; a model-based attack (`attack.cache`) reuses profiles cached for the same data,
-    targets, attack settings, size and seed, so the defences of one sweep face the same profiles."""
+    targets, attack settings, size, seed and attack code, so the defences of one sweep face the same profiles.
+
+    Generation draws from its own generator (seeded from the run seed) and leaves torch's global state as it
+    found it, so the training that follows is the same whether the profiles came from the cache or not."""
     if not n_fake:
         return torch.zeros(0, data.n_items)
     path = None
@@ -123,6 +138,7 @@ def make_profiles(
                 n_filler=n_filler,
                 seed=int(cfg.seed),
                 limit=cfg.task.get("limit"),
+                code=attack_code_digest(),
             ),
             sort_keys=True,
         )
@@ -131,7 +147,9 @@ def make_profiles(
             log.info("attack %s: profiles from cache %s", cfg.attack.name, path)
             return torch.load(path)
     t0 = time.perf_counter()
-    fake = attack.generate(torch.as_tensor(train), torch.as_tensor(targets), n_fake, n_filler, data.max_rating, generator)
+    generator = torch.Generator().manual_seed(attack_seed(int(cfg.seed)))
+    with torch.random.fork_rng(devices=[]):
+        fake = attack.generate(torch.as_tensor(train), torch.as_tensor(targets), n_fake, n_filler, data.max_rating, generator)
     log.info("attack %s: %d fake profiles in %.1f s", cfg.attack.name, len(fake), time.perf_counter() - t0)
     if path is not None:
         atomic_write_with(path, lambda tmp: torch.save(fake, tmp))
@@ -193,7 +211,6 @@ def poison(
     attack: Any,
     targets: list[int],
     shape: tuple[int, int],
-    generator: torch.Generator,
     state: dict[str, Any] | None,
 ) -> Poisoned:
     """Append the attack's fake profiles (a resume reuses the saved ones) to the real training ratings."""
@@ -201,7 +218,7 @@ def poison(
     if state is not None:
         fake = state["fake"]
     else:
-        fake = make_profiles(cfg, attack, data, train, targets, *shape, generator)
+        fake = make_profiles(cfg, attack, data, train, targets, *shape)
         ctx.write_artifact("fake_profiles.csv", profiles_csv(fake, data.n_users))
     matrix = torch.cat([train, fake])
     rated = matrix > 0
@@ -325,7 +342,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     n_fake, n_filler = attack_shape(cfg, ctx, data, len(targets), getattr(attack, "injects", True))
     generator = torch.Generator().manual_seed(int(cfg.seed))
     state = ctx.load_state(STATE)
-    poisoned = poison(cfg, ctx, data, attack, targets, (n_fake, n_filler), generator, state)
+    poisoned = poison(cfg, ctx, data, attack, targets, (n_fake, n_filler), state)
     loop = build_loop(cfg, data, poisoned.matrix.shape[0], getattr(defense, "n_models", 1), generator, state)
     train(cfg, ctx, data, targets, poisoned, defense, loop, epochs, generator)
     metrics = final_metrics(loop.history, loop.stats)

@@ -151,3 +151,43 @@ def test_real_ml100k_average_tcd(run_cli) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "train/pseudo_labels_per_model" in result.stdout
+
+
+def write_small_split(root: Path) -> Path:
+    folder = root / "recsys" / "tcd"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    train, test, neg = [], [], []
+    for u in range(40):
+        items = rng.choice(60, 16, replace=False)
+        train += [f"{u}\t{i}\t{rng.integers(1, 6)}\n" for i in items[1:]]
+        test.append(f"{u}\t{items[0]}\t{rng.integers(1, 6)}\n")
+        neg.append(f"({u},{items[0]})\t" + "\t".join(map(str, rng.choice(np.setdiff1d(np.arange(60), items), 20))) + "\n")
+    (folder / "toy.train.rating").write_text("".join(train))
+    (folder / "toy.test.rating").write_text("".join(test))
+    (folder / "toy.test.negative").write_text("".join(neg))
+    return root
+
+
+@pytest.mark.parametrize("attack", ["gradient", "average"])
+def test_a_seed_gives_the_same_run_with_a_cold_or_a_warm_profile_cache(make_config, tmp_path, attack) -> None:
+    """Profiles draw from their own generator, so reading them from the cache changes nothing that follows."""
+    root = write_small_split(tmp_path / "root")  # a data root of its own: this test owns its cache
+    extra = [f"attack={attack}", "defense=tcd", "attack.cache=true", "task.loo_k=5"]
+    cold, _ = run(make_config, tmp_path / "cold", root, *extra)
+    assert len(list((root / "cache").glob(f"profiles_{attack}_*.pt"))) == 1, "the first run wrote the profile cache"
+    warm, _ = run(make_config, tmp_path / "warm", root, *extra)
+    drop = {"train/samples_per_s"}
+    assert {k: v for k, v in cold.items() if k not in drop} == {k: v for k, v in warm.items() if k not in drop}
+
+
+def test_profiles_cached_by_other_attack_code_are_not_reused(make_config, tmp_path, monkeypatch) -> None:
+    from experiments.tasks.recsys import task
+
+    root = write_small_split(tmp_path / "root")
+    extra = ["attack=average", "defense=none", "attack.cache=true", "task.loo_k=5"]
+    run(make_config, tmp_path / "a", root, *extra)
+    monkeypatch.setattr(task, "attack_code_digest", lambda: "edited-attacks")
+    run(make_config, tmp_path / "b", root, *extra)
+    assert len(list((root / "cache").glob("profiles_average_*.pt"))) == 2
+    assert task.attack_seed(0) != task.attack_seed(1) and task.attack_seed(0) != 0  # apart from the training seed
