@@ -264,6 +264,39 @@ def cosmic_text_corpus(
     return corpus
 
 
+def degrade_features(features: np.ndarray, noise_std: float, drop_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Lower a modality's quality: extra Gaussian noise of `noise_std`, then each utterance's vector zeroed with
+    probability `drop_prob`."""
+    out = (features + rng.normal(0, noise_std, features.shape).astype(np.float32)).astype(np.float32)
+    out[rng.random(len(out)) < drop_prob] = 0.0
+    return out
+
+
+def degrade_corpus(
+    corpus: Corpus,
+    modality: str,
+    noise_std: float = 0.0,
+    drop_prob: float = 0.0,
+    splits: Sequence[str] = ("test",),
+    seed: int = 0,
+    key: str = "dataset.degrade",
+) -> None:
+    """Degrade one modality of a real corpus in `splits` (default: test only, so a model trained on clean data
+    meets a worse modality at test time). Its own random stream: every other feature, label and split is the
+    same at every level, so runs that differ only in the degradation are paired."""
+    if modality not in corpus.modality_dims:
+        raise UserError(f"{key}.modality={modality!r} is not one of the modalities {list(corpus.modality_dims)}")
+    if not set(splits) <= set(SPLITS):
+        raise UserError(f"{key}.splits={list(splits)} must name splits among {list(SPLITS)}")
+    if noise_std < 0 or not 0 <= drop_prob <= 1:
+        raise UserError(f"{key}: noise_std={noise_std} must be >= 0 and drop_prob={drop_prob} in [0, 1]")
+    rng = np.random.default_rng([seed, 2])
+    for split in SPLITS:
+        if split in splits:
+            for dialogue in corpus.splits[split]:
+                dialogue.features[modality] = degrade_features(dialogue.features[modality], noise_std, drop_prob, rng)
+
+
 def synthetic_corpus(
     num_dialogues: Sequence[int] = (120, 20, 40),
     length: tuple[int, int] = (10, 30),
@@ -312,8 +345,7 @@ def synthetic_corpus(
             if degrade.get("modality") and split in degraded_splits:
                 m = degrade["modality"]
                 noise_std, drop_prob = float(degrade.get("noise_std", 0.0)), float(degrade.get("drop_prob", 0.0))
-                feats[m] = feats[m] + degrade_rng.normal(0, noise_std, feats[m].shape).astype(np.float32)
-                feats[m][degrade_rng.random(n) < drop_prob] = 0.0
+                feats[m] = degrade_features(feats[m], noise_std, drop_prob, degrade_rng)
             dialogues.append(Dialogue(f"{split}_{i}", rng.integers(num_speakers, size=n).astype(np.int64), labels, feats))
         splits[split] = dialogues
     return finish_corpus(splits, [f"c{k}" for k in range(num_classes)], num_speakers, "synthetic")
@@ -398,6 +430,7 @@ class ConversationDataModule(ResumableGenerators, L.LightningDataModule):
         eval_batch_size: int = 64,
         class_weights: Sequence[float] | str | None = None,
         standardize: bool = False,
+        degrade: Mapping[str, Any] | None = None,
         name: str = "erc",
         seed: int = 0,
         limit: int | None = None,
@@ -409,6 +442,8 @@ class ConversationDataModule(ResumableGenerators, L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.seed, self.limit = batch_size, eval_batch_size, seed, limit
         self.class_weights = resolve_class_weights(class_weights, self.corpus, f"{config_key}.class_weights")
         self.feature_stats = standardize_features(self.corpus) if standardize else None
+        if degrade and degrade.get("modality"):  # after scaling: noise_std is in training standard deviations
+            degrade_corpus(self.corpus, key=f"{config_key}.degrade", **{k: v for k, v in degrade.items() if v is not None})
 
     @property
     def network_kwargs(self) -> dict[str, Any]:

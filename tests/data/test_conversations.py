@@ -285,3 +285,35 @@ def test_standardizing_uses_training_statistics_only():
         test = module.corpus.splits["test"][0].features[m]
         np.testing.assert_allclose(test, (raw["test"][0][m] - mean) / std, rtol=1e-4, atol=1e-5)
     assert ConversationDataModule(synthetic_corpus(num_dialogues=(2, 1, 1)), standardize=False).feature_stats is None
+
+
+def test_degrading_touches_one_modality_in_the_named_splits_only():
+    from data.conversations import degrade_corpus
+
+    clean, noisy = (synthetic_corpus(num_dialogues=(6, 3, 3), seed=5) for _ in range(2))
+    degrade_corpus(noisy, "audio", noise_std=2.0, drop_prob=0.3, splits=["test"], seed=1)
+    for split in ("train", "valid", "test"):
+        for a, b in zip(clean.splits[split], noisy.splits[split]):
+            np.testing.assert_array_equal(a.labels, b.labels)
+            np.testing.assert_array_equal(a.features["text"], b.features["text"])
+            same_audio = np.array_equal(a.features["audio"], b.features["audio"])
+            assert same_audio == (split != "test"), split
+    rows = np.concatenate([d.features["audio"] for d in noisy.splits["test"]])
+    assert 0 < np.mean(~rows.any(axis=1)) < 0.7  # some utterances zeroed, not all
+
+
+def test_the_data_module_degrades_after_scaling_and_levels_are_paired():
+    def module(noise: float) -> ConversationDataModule:
+        degrade = {"modality": "audio", "noise_std": noise, "drop_prob": 0.0, "splits": ["test"], "seed": 0}
+        return ConversationDataModule(synthetic_corpus(num_dialogues=(8, 3, 3), seed=6), standardize=True, degrade=degrade)
+
+    zero, two = module(0.0), module(2.0)
+    for split in ("train", "valid"):
+        for a, b in zip(zero.corpus.splits[split], two.corpus.splits[split]):
+            np.testing.assert_array_equal(a.features["audio"], b.features["audio"])
+    diff = np.concatenate(
+        [b.features["audio"] - a.features["audio"] for a, b in zip(*(m.corpus.splits["test"] for m in (zero, two)))]
+    )
+    assert abs(diff.std() - 2.0) < 0.2  # noise in training standard deviations: the features were scaled first
+    with pytest.raises(UserError, match=r"dataset.degrade.modality='smell' is not one of the modalities"):
+        ConversationDataModule(synthetic_corpus(num_dialogues=(2, 1, 1)), degrade={"modality": "smell"})
