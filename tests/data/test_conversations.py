@@ -75,7 +75,8 @@ def feature_tuple(layout: str, dims=(4, 3, 2), n_dialogues: int = 10, one_hot: b
     fields = {
         "ids": {k: list(range(n)) for k, n in lengths.items()},
         "speakers": {k: ([[1, 0, 0], [0, 0, 1]] * 3)[:n] if one_hot else (["M", "F"] * 3)[:n] for k, n in lengths.items()},
-        "labels": {k: list(rng.integers(0, 6, n)) for k, n in lengths.items()},
+        # every class in every few dialogues, so inverse-frequency weights exist for each class of the train split
+        "labels": {k: [(3 * i + j) % 6 for j in range(n)] for i, (k, n) in enumerate(lengths.items())},
         "text": {k: rng.normal(size=(n, dims[0])).tolist() for k, n in lengths.items()},
         "audio": {k: rng.normal(size=(n, dims[1])) for k, n in lengths.items()},
         "visual": {k: rng.normal(size=(n, dims[2])) for k, n in lengths.items()},
@@ -317,3 +318,11 @@ def test_the_data_module_degrades_after_scaling_and_levels_are_paired():
     assert abs(diff.std() - 2.0) < 0.2  # noise in training standard deviations: the features were scaled first
     with pytest.raises(UserError, match=r"dataset.degrade.modality='smell' is not one of the modalities"):
         ConversationDataModule(synthetic_corpus(num_dialogues=(2, 1, 1)), degrade={"modality": "smell"})
+
+
+def test_inverse_frequency_refuses_a_class_without_training_utterances():
+    corpus = synthetic_corpus(num_dialogues=(3, 1, 1), num_classes=3, seed=0)
+    for dialogue in corpus.splits["train"]:
+        dialogue.labels[dialogue.labels == 2] = 0  # class c2 now only outside the train split
+    with pytest.raises(UserError, match=r"class \['c2'\] has no training utterance; give the weights as a list"):
+        ConversationDataModule(corpus, class_weights="inverse_frequency")
