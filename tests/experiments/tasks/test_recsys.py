@@ -23,24 +23,28 @@ ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gc
 DEFENSES = ["none", "apr", "noise", "tcd"]
 
 
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory) -> Path:
-    """60 users x 80 items, ~20 ratings each, one test rating + 99 negatives per user (NCF layout)."""
-    root = tmp_path_factory.mktemp("data")
+def write_ncf_split(root: Path, n_users: int, n_items: int, per_user: int, n_negatives: int, seed: int) -> Path:
+    """`per_user` - 1 training ratings and one test rating per user, with `n_negatives` sampled negatives (NCF layout)."""
     folder = root / "recsys" / "tcd"
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     train, test, neg = [], [], []
-    for u in range(60):
-        items = rng.choice(80, 21, replace=False)
+    for u in range(n_users):
+        items = rng.choice(n_items, per_user, replace=False)
         train += [f"{u}\t{i}\t{rng.integers(1, 6)}\n" for i in items[1:]]
         test.append(f"{u}\t{items[0]}\t{rng.integers(1, 6)}\n")
-        pool = np.setdiff1d(np.arange(80), items)
-        neg.append(f"({u},{items[0]})\t" + "\t".join(map(str, rng.choice(pool, 99))) + "\n")
+        pool = np.setdiff1d(np.arange(n_items), items)
+        neg.append(f"({u},{items[0]})\t" + "\t".join(map(str, rng.choice(pool, n_negatives))) + "\n")
     (folder / "toy.train.rating").write_text("".join(train))
     (folder / "toy.test.rating").write_text("".join(test))
     (folder / "toy.test.negative").write_text("".join(neg))
     return root
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory) -> Path:
+    """60 users x 80 items, ~20 ratings each, one test rating + 99 negatives per user (NCF layout)."""
+    return write_ncf_split(tmp_path_factory.mktemp("data"), 60, 80, 21, 99, seed=0)
 
 
 def toy_overrides(root: Path, *extra: str) -> list[str]:
@@ -154,19 +158,7 @@ def test_real_ml100k_average_tcd(run_cli) -> None:
 
 
 def write_small_split(root: Path) -> Path:
-    folder = root / "recsys" / "tcd"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    train, test, neg = [], [], []
-    for u in range(40):
-        items = rng.choice(60, 16, replace=False)
-        train += [f"{u}\t{i}\t{rng.integers(1, 6)}\n" for i in items[1:]]
-        test.append(f"{u}\t{items[0]}\t{rng.integers(1, 6)}\n")
-        neg.append(f"({u},{items[0]})\t" + "\t".join(map(str, rng.choice(np.setdiff1d(np.arange(60), items), 20))) + "\n")
-    (folder / "toy.train.rating").write_text("".join(train))
-    (folder / "toy.test.rating").write_text("".join(test))
-    (folder / "toy.test.negative").write_text("".join(neg))
-    return root
+    return write_ncf_split(root, 40, 60, 16, 20, seed=1)
 
 
 @pytest.mark.parametrize("attack", ["gradient", "average"])
