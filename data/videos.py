@@ -1,15 +1,21 @@
-"""Video files through OpenCV: probe, read sampled frames, write a clip at the source fps, contact sheets.
+"""Video files through OpenCV: probe, read sampled frames, write a clip, contact sheets.
 
 Every failure a user can cause (missing, empty, truncated or non-video file; a clip shorter than the
-sampling window) stops with one line naming the file. Writes go through a temporary file in the
+sampling window; a container without a usable frame rate) stops with one line naming the file, when
+the file is read rather than when a result is written. Writes go through a temporary file in the
 target folder and are renamed only after the last frame was written and the result re-opened, so an
 interrupted or failed write never leaves a video that looks complete.
+
+A clip thinned to fewer frames has two rates of its own: `step_fps` (the time between kept frames, for
+anything limited per frame) and `playback_fps` (the rate that plays the kept frames in the source's
+duration, for writing them; the source's rate would play them in fast-forward).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -110,15 +116,37 @@ def sample_indices(frame_count: int, num_frames: int | None, stride: int = 1) ->
     return indices
 
 
+def usable_fps(fps: float | None) -> bool:
+    """A frame rate timings can be computed from: finite and positive."""
+    return fps is not None and math.isfinite(fps) and fps > 0
+
+
 def read_frames(
-    path: str | Path, num_frames: int | None = None, stride: int = 1, min_frames: int = 1, max_side: int | None = None
+    path: str | Path,
+    num_frames: int | None = None,
+    stride: int = 1,
+    min_frames: int = 1,
+    max_side: int | None = None,
+    fps: float | None = None,
+    fps_key: str = "task.fps_override",
 ) -> tuple[list[np.ndarray], list[int], VideoInfo]:
     """Sampled frames (BGR uint8), their indices and the clip's info.
 
     `min_frames` is the sampling window a caller needs (e.g. a smoothing window): a shorter clip is an
     error, not a silently degenerate result. `max_side` downsizes frames whose longer side exceeds it.
+    `fps` replaces the container's frame rate (the config key `fps_key` sets it); without it, a
+    container reporting none (0, negative, NaN) stops here, before anything is computed from it.
+    The info returned has that rate and the number of frames actually decoded as `frame_count`.
     """
     info = probe_video(path)
+    if fps is not None and not usable_fps(float(fps)):
+        raise UserError(f"{fps_key}={fps} must be a positive number of frames per second (or null: the container's)")
+    rate = info.fps if fps is None else float(fps)
+    if not usable_fps(rate):
+        raise UserError(
+            f"{info.path}: its container reports fps={info.fps}, not a usable frame rate; re-mux or re-encode the "
+            f"video with its real frame rate, or set {fps_key}=<frames per second>"
+        )
     frames: list[np.ndarray] = []
     decoded = 0
     wanted: set[int] | None = None
@@ -138,7 +166,24 @@ def read_frames(
             f"{info.path}: {decoded} frames, shorter than the sampling window of {min_frames} frames; "
             "use a longer clip or a smaller window"
         )
-    return frames, kept, info
+    return frames, kept, replace(info, fps=rate, frame_count=decoded)
+
+
+def step_fps(indices: Sequence[int], fps: float) -> float:
+    """Frames per second between the kept frames `indices` of a clip at `fps`: the source rate over their
+    mean index gap (the source rate when every frame is kept). Per-frame limits of anything that moves
+    over time must be converted with this rate, not the source's."""
+    if len(indices) < 2 or indices[-1] == indices[0]:
+        return float(fps)
+    return float(fps) * (len(indices) - 1) / (indices[-1] - indices[0])
+
+
+def playback_fps(info: VideoInfo, kept: int) -> float:
+    """The rate at which `kept` frames of the clip `info` (frame_count = frames decoded) last as long as the
+    whole clip: written at this rate, a thinned clip plays in real time, not fast-forward."""
+    if info.frame_count <= 0 or kept <= 0:
+        return float(info.fps)
+    return float(info.fps) * min(kept, info.frame_count) / info.frame_count
 
 
 def _fit(frame: np.ndarray, max_side: int | None) -> np.ndarray:

@@ -2,11 +2,14 @@
 
 - fixed: one box of side fraction `alpha` centred on the whole clip's saliency centroid;
 - dynamic position: the box follows each frame's centroid, smoothed over time (EMA or centred moving
-  average) and with every frame-to-frame move bounded by `max_step` (fraction of the frame side), so
-  the crop never jitters more than that;
+  average) and with its speed bounded by `max_speed` (fraction of the frame side per second), so the
+  crop never jitters faster than that;
 - dynamic size: the box, centred like the dynamic-position one, is the smallest that covers `mass` of
   the frame's saliency (searched over scales in [min_alpha, 1]); its scale is smoothed the same way.
 
+Smoothing is set in seconds (EMA time constant, moving-average span, speeds per second) and turned
+into per-frame values with the frame rate of the frames actually processed, so thinning a clip to
+fewer frames changes neither how fast the crop may move nor how much it lags, in seconds.
 The paper publishes neither crop ratios nor smoothing; the defaults in conf/cropping/ are ours.
 Boxes are integer (x, y, w, h) in frame pixels with w/h equal to the frame's aspect (up to one pixel
 of rounding) and always inside the frame.
@@ -14,11 +17,15 @@ of rounding) and always inside the frame.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import numpy as np
 
 from common.errors import UserError
+
+NOMINAL_FPS = 25.0  # frame rate assumed by `boxes` when a caller gives none (the sample clips' rate)
+SMOOTHING_METHODS = ("ema", "moving_average", "none")
 
 
 def check_alpha(alpha: float, key: str = "cropping.alpha") -> float:
@@ -43,22 +50,23 @@ def centroids(maps: np.ndarray) -> np.ndarray:
 def smooth(
     series: np.ndarray, method: str = "ema", ema: float = 0.2, window: int = 9, max_step: float | None = None
 ) -> np.ndarray:
-    """Temporal smoothing of a (T, k) series: EMA (weight `ema` on the new value) or a centred moving
-    average of `window` frames (edges padded with the end values); then each step is clipped to
-    `max_step` so the bound holds whatever the input does."""
+    """Temporal smoothing of a (T, k) series, in frames: EMA (weight `ema` on the new value) or a centred
+    moving average of `window` frames (edges padded with the end values); then each step is clipped
+    to `max_step` so the bound holds whatever the input does. Croppers derive these per-frame values
+    from their settings in seconds (`per_frame`)."""
     series = np.asarray(series, dtype=np.float64)
     if series.ndim == 1:
         return smooth(series[:, None], method, ema, window, max_step)[:, 0]
     if method == "ema":
         if not 0.0 < ema <= 1.0:
-            raise UserError(f"cropping.ema={ema} must be in (0, 1] (1 = no smoothing)")
+            raise ValueError(f"ema={ema} must be in (0, 1] (1 = no smoothing)")
         out = np.empty_like(series)
         out[0] = series[0]
         for t in range(1, len(series)):
             out[t] = ema * series[t] + (1 - ema) * out[t - 1]
     elif method in ("moving_average", "none"):
         if window < 1:
-            raise UserError(f"cropping.window={window} must be >= 1")
+            raise ValueError(f"window={window} must be >= 1")
         if method == "none" or window == 1:
             out = series.copy()
         else:
@@ -67,13 +75,46 @@ def smooth(
             kernel = np.ones(window) / window
             out = np.stack([np.convolve(padded[:, k], kernel, mode="valid") for k in range(series.shape[1])], axis=1)
     else:
-        raise UserError(f"cropping.smoothing={method!r} must be one of ema, moving_average, none")
+        raise ValueError(f"smoothing={method!r} must be one of {', '.join(SMOOTHING_METHODS)}")
     if max_step is not None:
         if max_step <= 0:
-            raise UserError(f"cropping.max_step={max_step} must be positive (or null for no bound)")
+            raise ValueError(f"max_step={max_step} must be positive (or None for no bound)")
         for t in range(1, len(out)):
             out[t] = out[t - 1] + np.clip(out[t] - out[t - 1], -max_step, max_step)
     return out
+
+
+def check_seconds(value: float | None, key: str, allow_zero: bool = False, allow_none: bool = False) -> float | None:
+    """A smoothing setting in seconds (or per second) from the config: finite and positive (or zero /
+    null where that means "none"), else a UserError naming the key."""
+    if value is None:
+        if allow_none:
+            return None
+        raise UserError(f"{key}=null: give a number")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise UserError(f"{key}={value} must be {bound}" + (" (or null for no bound)" if allow_none else ""))
+    return value
+
+
+def check_fps(fps: float | None) -> float:
+    """The frame rate of the frames given to `boxes` (NOMINAL_FPS when None)."""
+    fps = NOMINAL_FPS if fps is None else float(fps)
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps={fps} must be a positive frame rate")
+    return fps
+
+
+def ema_weight(ema_seconds: float, fps: float) -> float:
+    """Per-frame EMA weight of an EMA with time constant `ema_seconds` sampled at `fps`: after t seconds
+    a step in the input is followed by 1 - exp(-t / ema_seconds) whatever the frame rate (0 = no lag)."""
+    return 1.0 if ema_seconds == 0 else float(-np.expm1(-1.0 / (fps * ema_seconds)))
+
+
+def window_frames(window_seconds: float, fps: float) -> int:
+    """Frames in a moving-average span of `window_seconds` at `fps` (at least 1)."""
+    return max(1, int(round(window_seconds * fps)))
 
 
 def boxes_at(centers: np.ndarray, scales: np.ndarray | float, width: int, height: int) -> np.ndarray:
@@ -95,7 +136,8 @@ def box_at(center: np.ndarray, scale: float, width: int, height: int) -> tuple[i
 
 
 class Cropper(ABC):
-    """Saliency maps of a clip (T, h, w) + the frame size -> boxes (T, 4) int (x, y, w, h)."""
+    """Saliency maps of a clip (T, h, w) sampled at `fps` frames per second + the frame size -> boxes
+    (T, 4) int (x, y, w, h)."""
 
     name: str = "crop"
 
@@ -103,7 +145,11 @@ class Cropper(ABC):
         self.alpha = check_alpha(alpha)
 
     @abstractmethod
-    def boxes(self, maps: np.ndarray, width: int, height: int) -> np.ndarray: ...
+    def boxes(self, maps: np.ndarray, width: int, height: int, fps: float | None = None) -> np.ndarray: ...
+
+    def window_frames(self, fps: float | None = None) -> int:
+        """Frames a clip needs at `fps` for this crop's smoothing to be what it says (1: none needed)."""
+        return 1
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(w, h) every cropped frame is resized to: the `alpha` box's size, for one frame size per video."""
@@ -116,28 +162,53 @@ class FixedCropper(Cropper):
 
     name = "fixed"
 
-    def boxes(self, maps: np.ndarray, width: int, height: int) -> np.ndarray:
+    def boxes(self, maps: np.ndarray, width: int, height: int, fps: float | None = None) -> np.ndarray:
         center = centroids(np.asarray(maps).mean(axis=0, keepdims=True))[0]
         return np.tile(np.array(box_at(center, self.alpha, width, height)), (len(maps), 1))
 
 
 class DynamicPositionCropper(Cropper):
-    """Fixed-size box following the smoothed per-frame saliency centroid."""
+    """Fixed-size box following the smoothed per-frame saliency centroid; smoothing set in seconds."""
 
     name = "dynamic_position"
 
     def __init__(
-        self, alpha: float = 0.75, smoothing: str = "ema", ema: float = 0.2, window: int = 9, max_step: float | None = 0.02
+        self,
+        alpha: float = 0.75,
+        smoothing: str = "ema",
+        ema_seconds: float = 0.18,
+        window_seconds: float = 0.36,
+        max_speed: float | None = 0.5,
     ) -> None:
         super().__init__(alpha)
-        self.smoothing, self.ema, self.window, self.max_step = smoothing, float(ema), int(window), max_step
-        smooth(np.zeros((2, 2)), smoothing, self.ema, self.window, max_step)  # validate the options now
+        if smoothing not in SMOOTHING_METHODS:
+            raise UserError(f"cropping.crops.{self.name}.smoothing={smoothing!r} must be one of {', '.join(SMOOTHING_METHODS)}")
+        self.smoothing = smoothing
+        self.ema_seconds = check_seconds(ema_seconds, "cropping.ema_seconds", allow_zero=True)
+        self.window_seconds = check_seconds(window_seconds, f"cropping.crops.{self.name}.window_seconds")
+        self.max_speed = check_seconds(max_speed, "cropping.max_speed", allow_none=True)
 
-    def path(self, maps: np.ndarray) -> np.ndarray:
-        return smooth(centroids(maps), self.smoothing, self.ema, self.window, self.max_step)
+    def window_frames(self, fps: float | None = None) -> int:
+        """Frames the moving average spans at `fps` (1 for the other smoothings)."""
+        return window_frames(self.window_seconds, check_fps(fps)) if self.smoothing == "moving_average" else 1
 
-    def boxes(self, maps: np.ndarray, width: int, height: int) -> np.ndarray:
-        return boxes_at(self.path(maps), self.alpha, width, height)
+    def per_frame(self, fps: float | None, speed: float | None) -> dict[str, float | int | None]:
+        """`smooth`'s per-frame arguments at `fps`: EMA weight, window frames, and `speed` (per second)
+        as a bound per frame."""
+        fps = check_fps(fps)
+        return {
+            "method": self.smoothing,
+            "ema": ema_weight(self.ema_seconds, fps),
+            "window": window_frames(self.window_seconds, fps),
+            "max_step": None if speed is None else speed / fps,
+        }
+
+    def path(self, maps: np.ndarray, fps: float | None = None) -> np.ndarray:
+        """Smoothed centroids (T, 2) of maps sampled at `fps` frames per second."""
+        return smooth(centroids(maps), **self.per_frame(fps, self.max_speed))
+
+    def boxes(self, maps: np.ndarray, width: int, height: int, fps: float | None = None) -> np.ndarray:
+        return boxes_at(self.path(maps, fps), self.alpha, width, height)
 
 
 class DynamicSizeCropper(DynamicPositionCropper):
@@ -152,16 +223,17 @@ class DynamicSizeCropper(DynamicPositionCropper):
         min_alpha: float = 0.4,
         scales: int = 25,
         smoothing: str = "ema",
-        ema: float = 0.2,
-        window: int = 9,
-        max_step: float | None = 0.02,
-        max_scale_step: float | None = 0.02,
+        ema_seconds: float = 0.18,
+        window_seconds: float = 0.36,
+        max_speed: float | None = 0.5,
+        max_scale_speed: float | None = 0.5,
     ) -> None:
-        super().__init__(alpha, smoothing, ema, window, max_step)
+        super().__init__(alpha, smoothing, ema_seconds, window_seconds, max_speed)
         if not 0.0 < mass <= 1.0:
             raise UserError(f"cropping.mass={mass} must be in (0, 1]: the share of saliency the box covers")
         self.mass, self.min_alpha = float(mass), check_alpha(min_alpha, "cropping.min_alpha")
-        self.scales, self.max_scale_step = np.linspace(self.min_alpha, 1.0, int(scales)), max_scale_step
+        self.scales = np.linspace(self.min_alpha, 1.0, int(scales))
+        self.max_scale_speed = check_seconds(max_scale_speed, f"cropping.crops.{self.name}.max_scale_speed", allow_none=True)
 
     def frame_scales(self, maps: np.ndarray, path: np.ndarray) -> np.ndarray:
         """Per frame, the smallest scale whose box (centred on the smoothed path) holds `mass` of the map
@@ -182,10 +254,10 @@ class DynamicSizeCropper(DynamicPositionCropper):
         first = np.where(enough.any(axis=1), enough.argmax(axis=1), count - 1)
         return self.scales[first]
 
-    def boxes(self, maps: np.ndarray, width: int, height: int) -> np.ndarray:
+    def boxes(self, maps: np.ndarray, width: int, height: int, fps: float | None = None) -> np.ndarray:
         maps = np.asarray(maps)
-        path = self.path(maps)
-        scales = smooth(self.frame_scales(maps, path), self.smoothing, self.ema, self.window, self.max_scale_step)
+        path = self.path(maps, fps)
+        scales = smooth(self.frame_scales(maps, path), **self.per_frame(fps, self.max_scale_speed))
         return boxes_at(path, np.clip(scales, self.min_alpha, 1.0), width, height)
 
 

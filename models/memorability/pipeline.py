@@ -33,15 +33,18 @@ class ClipCrops:
     crops: dict[str, CroppedClip] = field(default_factory=dict)
 
 
-def crop_clip(frames: Sequence[np.ndarray], saliency: SaliencyModel, croppers: Mapping[str, Cropper]) -> ClipCrops:
-    """Saliency once per frame, then every cropper's boxes and cropped frames."""
+def crop_clip(
+    frames: Sequence[np.ndarray], saliency: SaliencyModel, croppers: Mapping[str, Cropper], fps: float | None = None
+) -> ClipCrops:
+    """Saliency once per frame, then every cropper's boxes and cropped frames. `fps` is the rate of the
+    frames given (lower than the source's when the clip was thinned): smoothing in seconds needs it."""
     height, width = frames[0].shape[:2]
     start = time.perf_counter()
     maps = saliency.maps(frames)
     result = ClipCrops(time.perf_counter() - start, maps)
     for name, cropper in croppers.items():
         start = time.perf_counter()
-        boxes = cropper.boxes(maps, width, height)
+        boxes = cropper.boxes(maps, width, height, fps)
         size = cropper.output_size(width, height)
         cropped = [apply_crop(frame, box, size) for frame, box in zip(frames, boxes)]
         result.crops[name] = CroppedClip(name, boxes, cropped, time.perf_counter() - start)

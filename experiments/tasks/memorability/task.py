@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from common.errors import UserError
-from data.videos import contact_sheet, list_videos, png_bytes, read_frames, write_video
+from data.videos import contact_sheet, list_videos, playback_fps, png_bytes, read_frames, step_fps, write_video
 from experiments.analysis.tables import markdown_table
 from experiments.core.run_context import RunContext
 from experiments.core.task import TaskResult
@@ -92,30 +92,42 @@ def build_croppers(cfg: DictConfig) -> dict[str, Any]:
     return croppers
 
 
-def frames_needed(task: DictConfig, croppers: dict[str, Any]) -> int:
-    """At least `task.min_frames`, and a moving-average crop's whole window."""
-    return max(
-        [int(getattr(c, "window", 1)) if getattr(c, "smoothing", "") == "moving_average" else 1 for c in croppers.values()]
-        + [int(task.min_frames)]
-    )
+def check_window(path: Path, croppers: dict[str, Any], kept: int, fps: float) -> None:
+    """A moving-average crop needs its whole window (in seconds, so in frames at the kept frames' rate):
+    a shorter clip is an error, not a silently weaker smoothing."""
+    for name, cropper in croppers.items():
+        needed = int(cropper.window_frames(fps))
+        if kept < needed:
+            raise UserError(
+                f"{path}: {kept} frames at {fps:.3g} fps, shorter than the {needed}-frame moving-average window of "
+                f"crop {name}; use a longer clip, more task.num_frames or a smaller window_seconds"
+            )
 
 
 def crop_and_score_clip(
     cfg: DictConfig, ctx: RunContext, i: int, path: Path, saliency: Any, croppers: dict[str, Any], predictor: Any, out: CropScores
 ) -> None:
     """Read one clip, crop it every way, score the original and each crop on the same frames, and write its
-    contact sheet (and cropped videos when `task.write_videos`)."""
+    contact sheet (and cropped videos when `task.write_videos`).
+
+    With `task.num_frames` thinning the clip, the crops' smoothing (set in seconds) runs at the kept
+    frames' rate, and cropped videos are written at the rate that keeps the source's duration."""
     task = cfg.task
     start = time.perf_counter()
-    frames, indices, info = read_frames(path, num_frames=task.num_frames, min_frames=frames_needed(task, croppers))
+    frames, indices, info = read_frames(
+        path, num_frames=task.num_frames, min_frames=int(task.min_frames), fps=task.get("fps_override")
+    )
     out.decode_seconds += time.perf_counter() - start
-    result = crop_clip(frames, saliency, croppers)
+    kept_fps = step_fps(indices, info.fps)
+    check_window(path, croppers, len(frames), kept_fps)
+    result = crop_clip(frames, saliency, croppers, fps=kept_fps)
     out.frames_total += len(frames)
     out.saliency_seconds += result.saliency_seconds
     picks = evenly_spaced(len(frames), int(task.score_frames))
     out.initial[i] = predictor.score_video([frames[j] for j in picks])
     out.score_rows.append({"clip": path.stem, "version": "original", "score": out.initial[i], "delta": 0.0})
     sheet_rows = [("original", [frames[j] for j in picks])]
+    video_fps = playback_fps(info, len(frames))
     for name, crop in result.crops.items():
         out.crop_seconds[name] += crop.seconds
         out.cropped[name][i] = predictor.score_video([crop.frames[j] for j in picks])
@@ -128,7 +140,7 @@ def crop_and_score_clip(
         sheet_rows.append((f"crop_{name}", [crop.frames[j] for j in picks]))
         if task.write_videos:
             ctx.write_artifact(
-                f"videos/{path.stem}_{name}.mp4", lambda tmp, f=crop.frames, fps=info.fps: write_video(tmp, f, fps)
+                f"videos/{path.stem}_{name}.mp4", lambda tmp, f=crop.frames, fps=video_fps: write_video(tmp, f, fps)
             )
     ctx.write_artifact(f"contact_sheets/{path.stem}.png", png_bytes(contact_sheet(sheet_rows)))
     log.info("%s: original %.3f, %s", path.stem, out.initial[i], ", ".join(f"{n} {out.cropped[n][i]:.3f}" for n in croppers))

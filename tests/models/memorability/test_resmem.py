@@ -1,13 +1,21 @@
-"""ResMem rebuilt in plain torch: the package's checkpoint loads strictly and scores a frame."""
+"""ResMem rebuilt in plain torch: the package's checkpoint loads strictly and scores a frame, and
+frames reach it exactly as the package's own transform prepares them."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from common.errors import UserError
 from models.memorability.resmem import ResMem, load_resmem, preprocess, resmem_checkpoint_path
+from tests.models.memorability.data.make_resmem_transform import synthetic_rgb
+
+EXPECTED = Path(__file__).parent / "data" / "resmem_transform.npz"
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +51,19 @@ def test_preprocess_is_resize_then_centre_crop_rgb() -> None:
     frame[:14, :] = 0  # rows above the 14-pixel crop offset are cut away
     x = preprocess([frame])
     assert torch.all(x[0, 0] == 1.0) and torch.all(x[0, 1:] == 0.0)
+
+
+def test_preprocess_equals_the_package_transform_pixel_for_pixel() -> None:
+    """`resmem.transformer` (Resize((256, 256)) on a PIL image, CenterCrop(227), ToTensor) was run once on
+    `synthetic_rgb()` by data/make_resmem_transform.py and its output stored as uint8 (= output x 255,
+    exactly). Ours must equal it bit for bit: an OpenCV resize differs by up to tens of grey levels."""
+    stored = np.load(EXPECTED)
+    image = synthetic_rgb()
+    assert hashlib.sha256(image.tobytes()).hexdigest() == str(stored["input_sha256"])  # same input as stored
+    expected = torch.from_numpy(stored["expected"]).float() / 255.0
+    ours = preprocess([cv2.cvtColor(image, cv2.COLOR_RGB2BGR)])
+    assert ours.shape == (1, 3, 227, 227) and ours.dtype == torch.float32
+    assert torch.equal(ours[0], expected)
 
 
 def test_wrong_input_size_and_bad_checkpoint_are_clear(tmp_path) -> None:
