@@ -154,6 +154,12 @@ def remove_layers(model: nn.Module, indices: Sequence[int]) -> None:
         raise UserError("layers are already removed; call restore_layers first")
     layers = decoder.layers
     drop = set(int(i) for i in indices)
+    types = getattr(getattr(model, "config", None), "layer_types", None) or []
+    if len(set(types)) > 1:  # the decoder hands slot i the mask of layer_types[i]; removal shifts the slots
+        raise UserError(
+            f"layer removal on a model mixing attention types {sorted(set(types))} (config.layer_types) is not "
+            "supported; set cqil.removal=false and cqil.recovery.removal=false"
+        )
     kept = [layer for i, layer in enumerate(layers) if i not in drop]
     original_idx = [layer.self_attn.layer_idx for layer in layers]
     for new, layer in enumerate(kept):

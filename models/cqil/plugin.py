@@ -1,4 +1,4 @@
-"""CQIL as a plugin on HF decoder-only models (LLaMA, and Qwen2 / Mistral with the same layer interface).
+"""CQIL as a plugin on HF decoder-only models (the architectures of models/cqil/architectures.py).
 
 CQIL (Zou et al., ACL 2024, arXiv 2404.06709, Sec. 3): layers S <= i < E are split into consecutive
 groups of P; every member of a group reads the same input h and the group outputs
@@ -6,9 +6,17 @@ h + sum_j (Layer_j(h) - h). Layers outside [S, E) run unchanged. Bypass distance
 member j also adds the attention outputs of the previous min(D, j) members of its group after its
 own attention residual, before its MLP.
 
-The plugin swaps the decoder's `layers` ModuleList for one in which each group is a single module
-(the HF loop calls it like a layer); each member keeps its own attention `layer_idx`, so the KV
-cache, `generate()` and the causal mask work unchanged. `remove_cqil` puts the original list back.
+The plugin swaps the decoder's `layers` ModuleList for one of the same length: a group module sits
+in the slot of its first member and pass-through slots in those of the others, so the decoder's
+per-slot inputs (the mask of `config.layer_types[i]`) still reach the layer they were made for. Each
+member keeps its own attention `layer_idx`, so the KV cache, `generate()` and the causal mask work
+unchanged. `remove_cqil` puts the original list back.
+
+What a user sees of the layers: `state_dict()` (hence `save_pretrained`) has the original model's
+keys and tensors, and `load_cqil` reloads a saved CQIL model with its settings (models/cqil/persistence.py);
+`output_hidden_states` gives L + 1 states, and the P states of a group's members are all the group's
+output (CQIL's residual stream has no value between the members of a group); forward hooks on a
+member layer see the group input and the group output for the same reason.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from common.errors import UserError
+from models.cqil.architectures import check_architecture, check_group_attention_types
 
 MODES = ("sequential", "fused", "distributed")
 _LAYER_PARTS = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
@@ -70,13 +79,13 @@ def check_layer(layer: nn.Module) -> None:
     if missing:
         raise UserError(
             f"unsupported decoder layer {type(layer).__name__}: it lacks {missing} "
-            "(CQIL supports LLaMA-style layers: pre-norm attention + MLP with residuals)"
+            "(bypass and fused mode need LLaMA-style layers: pre-norm attention + MLP with residuals)"
         )
 
 
 def validate_spec(spec: CQILSpec, num_layers: int) -> None:
-    if spec.parallel_degree < 2:
-        raise UserError(f"cqil parallel_degree={spec.parallel_degree}: must be >= 2 (P = 1 is the original model)")
+    if spec.parallel_degree < 1:
+        raise UserError(f"cqil parallel_degree={spec.parallel_degree}: must be >= 1 (P = 1 is the original model)")
     if not 0 <= spec.start < spec.end:
         raise UserError(f"cqil start={spec.start}, end={spec.end}: need 0 <= start < end")
     if spec.end > num_layers:
@@ -91,8 +100,9 @@ def validate_spec(spec: CQILSpec, num_layers: int) -> None:
 
 
 def layer_output(layer: nn.Module, hidden: Tensor, *args, **kwargs) -> Tensor:
-    """A decoder layer's output hidden state (transformers 5 returns a tensor, 4.x a tuple)."""
-    out = layer(hidden, *args, **kwargs)
+    """A decoder layer's output hidden state (transformers 5 returns a tensor, 4.x a tuple). Called without
+    the layer's forward hooks: the group reports its own output to them (`report_to_members`)."""
+    out = layer.forward(hidden, *args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -107,13 +117,13 @@ def member_deltas(
 ) -> list[Tensor]:
     """Layer_j(h) - h for each member j in `owned` (all by default), with bypass distance `distance`.
 
-    With bypass, member j needs the attention outputs of members j-D..j-1; a rank in distributed
-    mode that does not own them recomputes those attentions (without touching their caches would be
-    impossible, so distributed mode requires D = 0)."""
+    With bypass, member j reads the attention outputs of members j-D..j-1: only the attentions the
+    owned members read are computed (a distributed rank may have released the other members)."""
     owned = range(len(members)) if owned is None else owned
     if distance == 0:
         return [layer_output(members[j], hidden, **kwargs) - hidden for j in owned]
-    attn = [attention_output(layer, hidden, kwargs) for layer in members]
+    read = sorted({k for j in owned for k in range(max(0, j - distance), j + 1)})
+    attn = {k: attention_output(members[k], hidden, kwargs) for k in read}
     deltas = []
     for j in owned:
         bypass = sum((attn[k] for k in range(max(0, j - distance), j)), torch.zeros_like(hidden))
@@ -140,6 +150,32 @@ class SequentialGroup(nn.Module):
         return hidden_states + torch.stack(deltas).sum(0)
 
 
+class MergedLayerSlot(nn.Module):
+    """The slot of a group member other than the first: the group already ran it, so it passes h on."""
+
+    def __init__(self, layer_index: int) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        return hidden_states
+
+    def extra_repr(self) -> str:
+        return f"layer {self.layer_index}: computed by its CQIL group"
+
+
+def report_to_members(group: nn.Module, args: tuple, output: Tensor) -> None:
+    """Forward hook of a group: every member's forward hooks (HF's `output_hidden_states` recorder among
+    them) see the group input and the group output, once per member, in layer order."""
+    hidden = args[0] if args else None
+    for member in group.members:
+        for key, hook in list(member._forward_hooks.items()):
+            if key in member._forward_hooks_with_kwargs:
+                hook(member, (hidden,), {}, output)
+            else:
+                hook(member, (hidden,), output)
+
+
 def _group_factory(mode: str):
     if mode == "sequential":
         return SequentialGroup
@@ -164,16 +200,31 @@ def apply_cqil(model: nn.Module, spec: CQILSpec, mode: str = "sequential") -> CQ
         raise UserError("CQIL is already applied to this model; call remove_cqil(model) first")
     layers = decoder.layers
     validate_spec(spec, len(layers))
-    for i in range(spec.start, spec.end):
-        check_layer(layers[i])
     make_group = _group_factory(mode)
-    new_layers: list[nn.Module] = list(layers[: spec.start])
+    check_architecture(model, mode, spec.bypass_distance)
+    check_group_attention_types(model, spec.groups())
+    if spec.bypass_distance > 0 or mode == "fused":
+        for i in range(spec.start, spec.end):
+            check_layer(layers[i])
+    new_layers: list[nn.Module] = list(layers)
+    hooks = []
     for group in spec.groups():
-        new_layers.append(make_group([layers[i] for i in group], spec))
-    new_layers.extend(layers[spec.end :])
+        members = [layers[i] for i in group]
+        module = make_group(members, spec)
+        if not isinstance(getattr(module, "members", None), nn.ModuleList):
+            module.members = nn.ModuleList(members)  # the weights stay visible to state_dict, hooks and .to()
+        hooks.append(module.register_forward_hook(report_to_members))
+        new_layers[group[0]] = module
+        for i in group[1:]:
+            new_layers[i] = MergedLayerSlot(i)
     object.__setattr__(decoder, "_cqil_original_layers", layers)  # not a registered submodule: no duplicate state_dict keys
     object.__setattr__(decoder, "_cqil_spec", spec)
+    object.__setattr__(decoder, "_cqil_mode", mode)
+    object.__setattr__(decoder, "_cqil_hooks", hooks)
     decoder.layers = nn.ModuleList(new_layers)
+    from models.cqil.persistence import attach_original_names
+
+    attach_original_names(model, decoder, spec, mode)
     return spec
 
 
@@ -183,11 +234,24 @@ def remove_cqil(model: nn.Module) -> nn.Module:
     original = getattr(decoder, "_cqil_original_layers", None)
     if original is None:
         raise UserError("remove_cqil: CQIL is not applied to this model")
+    if getattr(decoder, "_cqil_released", False):
+        raise UserError(
+            "remove_cqil: this model released the layers its rank does not compute (distributed mode); load it again instead"
+        )
+    from models.cqil.persistence import detach_original_names
+
+    detach_original_names(model, decoder)
+    for hook in decoder._cqil_hooks:
+        hook.remove()
     decoder.layers = original
-    object.__delattr__(decoder, "_cqil_original_layers")
-    object.__delattr__(decoder, "_cqil_spec")
+    for name in ("_cqil_original_layers", "_cqil_spec", "_cqil_mode", "_cqil_hooks"):
+        object.__delattr__(decoder, name)
     return model
 
 
 def cqil_spec(model: nn.Module) -> CQILSpec | None:
     return getattr(decoder_of(model), "_cqil_spec", None)
+
+
+def cqil_mode(model: nn.Module) -> str | None:
+    return getattr(decoder_of(model), "_cqil_mode", None)

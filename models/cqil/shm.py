@@ -12,10 +12,15 @@ loads) in program order, so a rank that sees the counter sees the data. Other CP
 this transport refuses to start there (use gloo). Two buffers alternate between consecutive
 collectives: a rank can only start collective s + 1 after every rank published s, i.e. after
 everyone finished reading s - 1, the previous user of that buffer.
+
+Failure: a rank that waits longer than `timeout_s` for its peers raises (a peer that died or stopped
+must not leave it spinning). The file is checked against the free space of its directory and
+reserved before it is mapped: a full tmpfs would otherwise kill the ranks with SIGBUS on first touch.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import secrets
@@ -31,6 +36,7 @@ from common.errors import UserError
 
 _FLOAT_BYTES = 4
 _FLAG_SLOTS = 16  # int64 counters: one per rank, each on its own 128-byte line (no false sharing)
+DEFAULT_TIMEOUT_S = 600.0  # how long a rank waits for its peers in one collective (also torch.distributed's, see distributed.py)
 
 
 def shared_memory_supported() -> bool:
@@ -46,39 +52,78 @@ def shared_memory_dir() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
+def _floats(world: int, capacity: int) -> int:
+    """Size of the shared file in floats: two buffers of `world` x `capacity`, and the step counters."""
+    return 2 * world * capacity + world * _FLAG_SLOTS * 2  # each int64 counter slot spans two floats
+
+
+def reserve(path: Path, nbytes: int) -> None:
+    """Create `path` with `nbytes` zero bytes (every step counter starts at 0), refusing when its
+    directory lacks the room: a tmpfs that fills up kills the process that touches the page (SIGBUS)."""
+    if not path.parent.is_dir():
+        raise UserError(f"cqil shared-memory dir {path.parent} does not exist: set FIVEFOLD_SHM_DIR to an existing directory")
+    stats = os.statvfs(path.parent)
+    free = stats.f_bavail * stats.f_frsize
+    short = UserError(
+        f"cqil shared-memory collectives need {nbytes / 2**20:.1f} MiB in {path.parent}, which has "
+        f"{free / 2**20:.1f} MiB free: set FIVEFOLD_SHM_DIR to a directory with more room"
+    )
+    if free < nbytes:
+        raise short
+    try:
+        with open(path, "wb") as handle:
+            handle.truncate(nbytes)
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(handle.fileno(), 0, nbytes)  # allocates now: room taken since the check fails here
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise short from None
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: truncated is enough
+            raise UserError(
+                f"cqil shared-memory file {path}: {error.strerror}; set FIVEFOLD_SHM_DIR to a writable directory"
+            ) from None
+        with open(path, "wb") as handle:
+            handle.truncate(nbytes)
+
+
 class SharedMemoryCollectives:
     """broadcast / all_reduce(SUM) over float32 tensors of up to `capacity` elements, same-host ranks.
 
     Every rank sums the parts in rank order, so all ranks get bit-identical results (as with gloo)."""
 
-    timeout_s: float = 600.0
-
-    def __init__(self, path: Path, rank: int, world: int, capacity: int) -> None:
+    def __init__(self, path: Path, rank: int, world: int, capacity: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         if not shared_memory_supported():
             raise UserError(
                 f"shared-memory collectives (latency mode distributed_shm) need an x86-64 CPU (this one is "
                 f"{platform.machine()}); use mode distributed (gloo)"
             )
         self.rank, self.world, self.capacity, self.step = rank, world, int(capacity), 0
-        size = 2 * world * self.capacity + world * _FLAG_SLOTS * 2  # floats: 2 buffers + flags as int64 pairs
+        self.timeout_s = float(timeout_s)
+        size = _floats(world, self.capacity)
         storage = torch.from_file(str(path), shared=True, size=size, dtype=torch.float32)
         self.buffers = storage[: 2 * world * self.capacity].view(2, world, self.capacity)
         self.flags = storage[2 * world * self.capacity :].view(torch.int64).view(world, _FLAG_SLOTS)[:, 0]
 
     @classmethod
-    def create(cls, capacity: int) -> SharedMemoryCollectives:
-        """Called on every rank of an initialised process group: rank 0 names and sizes the file, the
-        others map it (one gloo broadcast at set-up; none afterwards)."""
+    def create(cls, capacity: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> SharedMemoryCollectives:
+        """Called on every rank of an initialised process group: rank 0 names, checks and reserves the
+        file, the others map it (gloo at set-up only). A failed check raises on every rank."""
         rank, world = dist.get_rank(), dist.get_world_size()
-        name = [f"fivefold-cqil-{os.getpid()}-{secrets.token_hex(4)}" if rank == 0 else None]
-        dist.broadcast_object_list(name, src=0)
-        path = shared_memory_dir() / name[0]
+        name, problem = None, None
         if rank == 0:
-            nbytes = (2 * world * int(capacity) + world * _FLAG_SLOTS * 2) * _FLOAT_BYTES
-            with open(path, "wb") as handle:
-                handle.truncate(nbytes)  # zero-filled: every step counter starts at 0
+            name = f"fivefold-cqil-{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                reserve(shared_memory_dir() / name, _floats(world, int(capacity)) * _FLOAT_BYTES)
+            except UserError as error:
+                problem = str(error)
+        shared = [name, problem]
+        dist.broadcast_object_list(shared, src=0)
+        if shared[1] is not None:
+            raise UserError(shared[1])
+        path = shared_memory_dir() / shared[0]
         dist.barrier()
-        comm = cls(path, rank, world, capacity)
+        comm = cls(path, rank, world, capacity, timeout_s)
         dist.barrier()
         if rank == 0:
             path.unlink()  # the mappings stay valid; nothing is left in /dev/shm after the run
@@ -102,7 +147,7 @@ class SharedMemoryCollectives:
         while int(self.flags.min()) < self.step:
             os.sched_yield()  # cheap when each rank has a core; keeps progress when ranks share one
             spins += 1
-            if spins % 100_000 == 0:  # a peer that died mid-run must not leave this rank spinning forever
+            if spins % 1_000 == 0:  # a peer that died or stalled must not leave this rank spinning forever
                 deadline = deadline or time.monotonic() + self.timeout_s
                 if time.monotonic() > deadline:
                     raise RuntimeError(
@@ -140,13 +185,14 @@ _ACTIVE: SharedMemoryCollectives | TorchCollectives = TorchCollectives()
 COMMS = ("dist", "shm")
 
 
-def use_collectives(comm: str, capacity: int = 1 << 20) -> None:
-    """Select the transport DistributedGroup uses in this process: `dist` (torch.distributed) or
-    `shm` (shared memory, same-host CPU ranks; `capacity` floats per rank and buffer)."""
+def use_collectives(comm: str, capacity: int = 1 << 20, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Select the transport DistributedGroup uses in this process: `dist` (torch.distributed, whose
+    timeout is the process group's) or `shm` (shared memory, same-host CPU ranks; `capacity` floats
+    per rank and buffer; a wait for peers longer than `timeout_s` seconds raises)."""
     global _ACTIVE
     if comm not in COMMS:
         raise UserError(f"collectives comm={comm!r} must be one of {COMMS}")
-    _ACTIVE = SharedMemoryCollectives.create(capacity) if comm == "shm" else TorchCollectives()
+    _ACTIVE = SharedMemoryCollectives.create(capacity, timeout_s) if comm == "shm" else TorchCollectives()
 
 
 def collectives() -> SharedMemoryCollectives | TorchCollectives:

@@ -100,3 +100,15 @@ def test_rule_checks_perplexity_not_similarity_alone():
     assert propose_region(sim, 2, 0.9, 0.001, rise, max_evaluations=2) is None  # evaluation budget respected
     with pytest.raises(UserError):
         propose_region(sim, 1, 0.9, 0.1, rise)
+
+
+def test_layer_removal_refuses_a_model_mixing_attention_types():
+    """Removal shifts every later layer into another slot, and the decoder picks masks per slot."""
+    from common.errors import UserError
+    from models.cqil.analysis import remove_layers
+    from tests.models.cqil.architectures_tiny import tiny_model
+
+    model = tiny_model("qwen2")
+    with pytest.raises(UserError, match="cqil.removal=false"):
+        remove_layers(model, [1])
+    assert not hasattr(model.model, "_removed_original_layers")

@@ -104,12 +104,18 @@ def test_spec_fields_reach_the_patched_model(model, ids, spec, mode):
         assert apply_cqil(model, spec, mode=mode) is spec
         assert cqil_spec(model) is spec
         layers = list(model.model.layers)
-        groups = [member_indices(m) for m in layers[spec.start : spec.start + len(spec.groups())]]
+        assert len(layers) == len(original)  # one slot per layer: the decoder's per-slot masks stay aligned
+        firsts = [g[0] for g in spec.groups()]
+        groups = [member_indices(layers[i]) for i in firsts]
         assert groups == spec.groups()
         assert layers[: spec.start] == original[: spec.start]
-        assert layers[spec.start + len(groups) :] == original[spec.end :]
-        for group in layers[spec.start : spec.start + len(groups)]:
+        assert layers[spec.end :] == original[spec.end :]
+        others = [i for g in spec.groups() for i in g[1:]]
+        assert [getattr(layers[i], "layer_index", None) for i in others] == others  # pass-through slots
+        for i in firsts:
+            group = layers[i]
             assert (group.distance, group.residual) == (spec.bypass_distance, spec.bypass_residual)
+            assert [int(m.self_attn.layer_idx) for m in group.members] == member_indices(group)
         if mode == "sequential":  # the fused kernels bypass the layer modules, so only sequential can be observed
             model(ids)
             together = {i: tuple(g) for g in spec.groups() for i in g}
@@ -201,7 +207,7 @@ def test_kv_cache_generation_equals_recomputation(model, mode, d):
         ((2, 2, 2), "start < end"),
         ((3, 1, 2), "start < end"),
         ((0, 5, 2), "exceeds"),
-        ((0, 4, 1), ">= 2"),
+        ((0, 4, 0), ">= 1"),
         ((0, 3, 2), "not a multiple"),
         ((0, 4, 2, -1), "bypass_distance"),
     ],
@@ -230,3 +236,75 @@ def test_ideal_latency_ratio():
     assert CQILSpec(14, 30, 4).ideal_latency_ratio(32) == pytest.approx(1 - 16 * 0.75 / 32)  # 37.5 %
     assert CQILSpec(0, 5, 2, allow_ragged=True).ideal_latency_ratio(5) == pytest.approx(1 - 2 / 5)
     assert CQILSpec(24, 28, 2, 1).name == "cqil_p2_s24_e28_d1"
+
+
+@pytest.mark.parametrize("mode", ["sequential", "fused"])
+@pytest.mark.parametrize("d", [0, 1])
+@torch.no_grad()
+def test_hidden_states_are_the_residual_stream_with_a_group_s_members_holding_its_output(model, ids, mode, d):
+    """L + 1 states; before a group the untouched stream, each member slot of a group the group's output,
+    the last state the final layer's output (what the model's head reads)."""
+    plain = model(ids, output_hidden_states=True).hidden_states
+    spec = CQILSpec(1, 3, 2, d)
+    inputs = {}
+    apply_cqil(model, spec, mode=mode)
+    hook = model.model.layers[3].register_forward_pre_hook(lambda _, args: inputs.setdefault("after", args[0]))
+    try:
+        states = model(ids, output_hidden_states=True).hidden_states
+        again = model(ids, output_hidden_states=True).hidden_states  # the member hooks do not pile up
+    finally:
+        hook.remove()
+        remove_cqil(model)
+    assert len(states) == len(again) == len(plain) == 5
+    assert torch.equal(states[0], plain[0]) and torch.allclose(states[1], plain[1], atol=1e-6)
+    assert torch.allclose(states[2], inputs["after"], atol=1e-6) and torch.allclose(states[3], inputs["after"], atol=1e-6)
+    assert not torch.allclose(states[2], plain[2], atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "fused"])
+@torch.no_grad()
+def test_state_dict_of_a_cqil_model_is_the_original_checkpoint(model, mode):
+    """Same keys, same tensors as the untouched model, in either direction of load_state_dict."""
+    want = model.state_dict()
+    apply_cqil(model, CQILSpec(0, 4, 2, 1), mode=mode)
+    try:
+        got = model.state_dict()
+        assert list(got) == list(want)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        model.load_state_dict(want, strict=True)  # the original names load into the CQIL model
+    finally:
+        remove_cqil(model)
+    assert list(model.state_dict()) == list(want)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "fused"])
+@torch.no_grad()
+def test_a_saved_cqil_model_reloads_to_identical_logits(tmp_path, ids, mode):
+    """save_pretrained + load_cqil: the same logits; from_pretrained alone: the untouched model, every
+    weight loaded (no layer re-initialised)."""
+    from transformers import AutoModelForCausalLM
+
+    from models.cqil.persistence import load_cqil
+
+    source = tiny_llama(seed=4)
+    base = source(ids).logits
+    spec = CQILSpec(0, 4, 2, 1)
+    apply_cqil(source, spec, mode=mode)
+    want = source(ids).logits
+    source.save_pretrained(tmp_path)
+    loaded = load_cqil(tmp_path, attn_implementation="eager")  # the attention kernel tiny_llama uses
+    assert cqil_spec(loaded) == spec and type(loaded.model.layers[0]) is type(source.model.layers[0])
+    assert torch.equal(loaded(ids).logits, want)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert cqil_spec(plain) is None
+    assert torch.equal(plain(ids).logits, base)
+
+
+def test_load_cqil_refuses_a_plain_checkpoint(tmp_path):
+    from models.cqil.persistence import load_cqil
+
+    tiny_llama().save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="no cqil settings"):
+        load_cqil(tmp_path)
+    with pytest.raises(UserError, match="config.json missing"):
+        load_cqil(tmp_path / "nowhere")
