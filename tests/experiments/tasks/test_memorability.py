@@ -16,6 +16,8 @@ from tests.models.memorability.synthetic import moving_square
 
 CROPS = ("crop_fixed", "crop_dynamic_position", "crop_dynamic_size")
 CROP_KEYS = ("score_mean", "delta_mean", "delta_low_third_mean", "delta_high_third_mean", "fps")
+RELATIVE_KEYS = tuple(f"delta_vs_control_{k}" for k in ("mean", "ci_low", "ci_high", "p", "low_third_mean", "high_third_mean"))
+CONTROL_KEYS = ("score_mean", "delta_mean", "delta_low_third_mean", "delta_high_third_mean")
 BRIGHTNESS = "model.predictor._target_=tests.experiments.tasks.test_memorability.BrightnessPredictor"
 
 
@@ -56,13 +58,14 @@ def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, cli
     )
     run_task(cfg, run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    expected = {"original/score_mean", "decode/fps"} | {f"{c}/{k}" for c in CROPS for k in CROP_KEYS}
+    expected = {"original/score_mean", "decode/fps"} | {f"{c}/{k}" for c in CROPS for k in CROP_KEYS + RELATIVE_KEYS}
+    expected |= {f"{c}_{kind}/{k}" for c in CROPS for kind in ("centre", "random") for k in CONTROL_KEYS}
     assert set(metrics) == expected
     # brightness rises when the crop keeps the bright square and drops background; the dynamic crops track it
     assert metrics["crop_dynamic_position/delta_mean"] > 0 and metrics["crop_dynamic_size/delta_mean"] > 0
     assert metrics["crop_dynamic_position/score_mean"] > metrics["crop_fixed/score_mean"]
     scores = _csv_rows(run_dir / "artifacts" / "scores.csv")
-    assert len(scores) == 3 * 4
+    assert len(scores) == 3 * (1 + 3 * 7)  # per clip: the original, and per crop itself + centre + 5 random controls
     by_clip = {(r["clip"], r["version"]): float(r["score"]) for r in scores}
     originals = np.array([by_clip[(f"square{i}", "original")] for i in range(3)])
     assert metrics["original/score_mean"] == pytest.approx(originals.mean())
@@ -76,7 +79,8 @@ def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, cli
     assert (info.frame_count, info.width, info.height) == (30, 80, 48) and info.fps == pytest.approx(11)
     assert (run_dir / "artifacts" / "contact_sheets" / "square2.png").stat().st_size > 0
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
-    assert [r["condition"] for r in records] == ["original", *CROPS]
+    assert [r["condition"] for r in records] == ["original", *(c for c in CROPS for _ in range(3))]
+    assert [r.get("control") for r in records] == [None, *(["saliency", "centre", "random"] * 3)]
     assert {r["backend"] for r in records} == {"spectral_residual"}
     assert "| crop_dynamic_size |" in (run_dir / "results.md").read_text()
 
@@ -147,15 +151,16 @@ def test_caption_training_smoke_run_reports_held_out_spearman(make_config, tmp_p
 
 @pytest.mark.slow
 def test_real_clip_with_resmem(make_config, data_dir: Path, tmp_path: Path) -> None:
-    """The real predictor on a real clip: one scored frame per version, scores in (0, 1)."""
+    """The real predictor on a real clip: one scored frame per version (crops and their controls), scores in (0, 1)."""
     cfg = make_config(
         "experiment=memorability_crop",
         f"dataset.path={data_dir / 'video/clips/carphone_pristine.mp4'}",
         "task.score_frames=1",
+        "task.controls.random_draws=1",
         "logger=none",
         "task.write_videos=false",
     )
     run_task(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0.0 < metrics["original/score_mean"] < 1.0
-    assert all(0.0 < metrics[f"{c}/score_mean"] < 1.0 for c in CROPS)
+    assert all(0.0 < metrics[f"{c}{arm}/score_mean"] < 1.0 for c in CROPS for arm in ("", "_centre", "_random"))
