@@ -1,11 +1,20 @@
 """`fused` mode: one CQIL group on one device as fewer, larger kernels (paper Sec. 4, single-device case).
 
 All members read the same h, so (folding each member's RMSNorm weight into its projections) the
-q/k/v projections of the whole group are one matmul on RMSNorm(h); the group's attention is one
-SDPA call with the members' heads stacked (member-major, so GQA head sharing is preserved); o_proj
-and gate/up are batched matmuls over members (their inputs differ); the down projections of all
-members are one matmul whose output is already the group's MLP sum. Same semantics as
-`SequentialGroup` up to float rounding (tested). Weights are copies: train LoRA on `sequential`.
+q/k/v projections of the whole group are one matmul on RMSNorm(h); o_proj and gate/up are batched
+matmuls over members (their inputs differ); the down projections of all members are one matmul whose
+output is already the group's MLP sum. Same semantics as `SequentialGroup` up to float rounding
+(tested). Weights are copies: train LoRA on `sequential`.
+
+Attention: when the keys a call attends to are exactly those it just projected (no cache, or the first
+forward into an empty dynamic cache: prefill) it is one attention call with the members' heads stacked
+member-major (so GQA head sharing is preserved). Otherwise (decode, or a static cache, which returns its
+whole preallocated buffer) each member attends with its own query heads to what its own cache layer
+returns: P calls reading the cache tensors in place. Stacking the cached K/V for one call would copy
+2 x P x context x kv heads x head_dim values every step, a cost growing with the context, where P calls
+add a fixed per-call overhead (timed in bench/cqil_fused_decode.py, results/cqil/fused_decode/). Each
+member's K/V stays in the cache layer of its original index, so `generate()`, `get_seq_length()` and a
+model switched back with `remove_cqil` see the same cache as in sequential mode.
 """
 
 from __future__ import annotations
@@ -40,12 +49,18 @@ def _bias(linear: nn.Linear, size: int, like: Tensor) -> Tensor:
 class FusedGroup(nn.Module):
     """A CQIL group whose projections run stacked over its members."""
 
+    # True restores the former decode path (the members' cached K/V concatenated every step, one
+    # attention call): kept only so that bench/cqil_fused_decode.py can time both in one run.
+    stacked_cache_concat: bool = False
+
     def __init__(self, members: Sequence[nn.Module], spec: CQILSpec) -> None:
         super().__init__()
         first = members[0]
         attn = first.self_attn
         self.layer_indices = [int(m.self_attn.layer_idx) for m in members]
-        self.attn_module = attn  # for the attention interface (scaling, GQA groups, is_causal)
+        # for the attention interface (scaling, GQA groups, is_causal); not a registered submodule, so the
+        # first member's weights do not appear twice in state_dict (the plugin registers the members)
+        object.__setattr__(self, "attn_module", attn)
         self.config = attn.config
         self.head_dim = int(attn.head_dim)
         self.n_heads = self.config.num_attention_heads
@@ -106,16 +121,26 @@ class FusedGroup(nn.Module):
         v = v.reshape(bsz, seq, p * self.n_kv, d).transpose(1, 2)
         cos, sin = position_embeddings
         q, k = self.rope(q, k, cos, sin)
-        if past_key_values is not None:
-            ks, vs = [], []
+        interface = self.attention_functions.get_interface(self.config._attn_implementation, self.eager_attention)
+
+        def attend(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+            return interface(self.attn_module, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)[0]
+
+        if past_key_values is None:
+            out = attend(q, k, v)
+        else:
+            cached = []
             for j, idx in enumerate(self.layer_indices):
                 sl = slice(j * self.n_kv, (j + 1) * self.n_kv)
-                kj, vj = past_key_values.update(k[:, sl].contiguous(), v[:, sl].contiguous(), idx)
-                ks.append(kj)
-                vs.append(vj)
-            k, v = torch.cat(ks, 1), torch.cat(vs, 1)
-        interface = self.attention_functions.get_interface(self.config._attn_implementation, self.eager_attention)
-        out, _ = interface(self.attn_module, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
+                cached.append(past_key_values.update(k[:, sl].contiguous(), v[:, sl].contiguous(), idx))
+            if self.stacked_cache_concat:
+                out = attend(q, torch.cat([kj for kj, _ in cached], 1), torch.cat([vj for _, vj in cached], 1))
+            elif all(kj.shape[-2] == seq for kj, _ in cached):  # the cache returned just this call's tokens: k, v
+                out = attend(q, k, v)
+            else:  # (B, T, heads, d) per member, joined member-major along the heads
+                out = torch.cat(
+                    [attend(q[:, j * self.n_heads : (j + 1) * self.n_heads], kj, vj) for j, (kj, vj) in enumerate(cached)], 2
+                )
         out = out.reshape(bsz, seq, p, self.n_heads * d).permute(2, 0, 1, 3).reshape(p, bsz * seq, -1)  # (P, BT, Hq*d)
         attn = torch.bmm(out, self.o_weight)  # (P, BT, H)
         flat = h.reshape(1, bsz * seq, -1)
