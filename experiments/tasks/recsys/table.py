@@ -4,7 +4,9 @@
 
 One table per metric: rows = attacks, columns = defences, cells = the median over seeds (one seed: the
 value); an empty cell is a job that did not run or did not finish. A sweep that kept the attack (or the
-defence) fixed has no such column in summary.csv: name it with --attack (--defense).
+defence) fixed has no such column in summary.csv: name it with --attack (--defense). Rows are named by
+`attack_name`, so a replay of saved profiles (`attack=file`, one file per job) reads as aush, pga, ...;
+where one attack was replayed at several sizes, its rows also give the fake-user count.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from common.errors import UserError, exit_on_user_error
 from experiments.analysis.report import SUMMARY_FIELDS
 from experiments.analysis.tables import markdown_table
 
-ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack"]
+ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack", "aush", "pga", "tna"]
 DEFENSES = ["none", "apr", "noise", "tcd"]
 
 
@@ -27,6 +29,22 @@ def factor(row: dict[str, str], name: str, fixed: str | None) -> str:
     if value is None:
         raise UserError(f"summary.csv has no '{name}' column (the sweep kept it fixed): pass --{name} <its value>")
     return value
+
+
+def attack_labels(rows: list[dict[str, str]], fixed: str | None) -> dict[int, tuple[str, tuple]]:
+    """Row index -> (label, sort key): the attack's name, plus its fake-user count where rows of one attack
+    differ in it (a replay of the same attack's files at two sizes)."""
+    names = [row.get("attack_name") or factor(row, "attack", fixed) for row in rows]
+    counts: dict[str, set[str]] = {}
+    for name, row in zip(names, rows):
+        counts.setdefault(name, set()).add(row.get("n_fake", ""))
+    order = {name: ATTACKS.index(name) if name in ATTACKS else len(ATTACKS) + k for k, name in enumerate(dict.fromkeys(names))}
+    out = {}
+    for i, (name, row) in enumerate(zip(names, rows)):
+        n_fake = row.get("n_fake", "")
+        label = f"{name} ({n_fake} fake)" if len(counts[name]) > 1 else name
+        out[i] = (label, (order[name], int(n_fake) if n_fake.isdigit() else 0))
+    return out
 
 
 def tables(summary: Path, metrics: list[str], attack: str | None = None, defense: str | None = None) -> str:
@@ -45,12 +63,15 @@ def tables(summary: Path, metrics: list[str], attack: str | None = None, defense
     out = []
     for values, group in groups.items():
         heading = ", ".join(f"{c}={v}" for c, v in zip(settings, values))
+        labels = attack_labels(group, attack)
         for metric in metrics:
             cell: dict[tuple[str, str], float] = {}
-            for r in group:
+            sort_key: dict[str, tuple] = {}
+            for i, r in enumerate(group):
                 if r["metric"] != metric:
                     continue
-                key = (factor(r, "attack", attack), factor(r, "defense", defense))
+                label, sort_key[label] = labels[i]
+                key = (label, factor(r, "defense", defense))
                 if key in cell:
                     raise UserError(
                         f"{summary}: two rows for attack={key[0]} defense={key[1]} ({metric}) differ in a column "
@@ -58,7 +79,7 @@ def tables(summary: Path, metrics: list[str], attack: str | None = None, defense
                     )
                 cell[key] = float(r["median"])
             defenses = [d for d in DEFENSES if any(k[1] == d for k in cell)]
-            attacks = [a for a in ATTACKS if any(k[0] == a for k in cell)]
+            attacks = sorted(sort_key, key=sort_key.__getitem__)
             body = [[a, *(f"{cell[(a, d)]:.4g}" if (a, d) in cell else "" for d in defenses)] for a in attacks]
             title = f"**{metric}** (median over seeds" + (f"; {heading})" if heading else ")")
             out.append(f"{title}\n\n" + markdown_table(["attack", *defenses], body))
@@ -68,7 +89,7 @@ def tables(summary: Path, metrics: list[str], attack: str | None = None, defense
 def setting_columns(rows: list[dict[str, str]]) -> list[str]:
     """Group columns other than attack and defence (e.g. `attack.size` of a sweep over sizes): one table per
     combination of their values, so cells of different settings are never merged."""
-    known = set(SUMMARY_FIELDS) | {"attack", "defense", "attack_name", "defense_name"}
+    known = set(SUMMARY_FIELDS) | {"attack", "defense", "attack_name", "defense_name", "n_fake", "attack.path", "attack.label"}
     return [c for c in (rows[0] if rows else {}) if c not in known]
 
 

@@ -4,10 +4,12 @@ Co-Attack and GCoAttack, World Wide Web 2023).
 One job = one cell (attack, attack size, defence, model, data set, seed):
 1. read the ratings (`dataset`, a `data.ratings` loader) and the target items (`task.targets`);
 2. the attack (`attack.method`) writes n_fake = round(attack.size x n_users) fake profiles of
-   `attack.filler` filler items (default: average profile length - #targets) + targets rated R;
+   `attack.filler` filler items (default: average profile length - #targets) + targets rated R; a replay
+   (`attack=file`) injects the profiles of a saved file instead, whose row count is n_fake;
 3. the defence (`defense.method`) trains 1 model (none, apr, noise) or 3 (tcd) on real + fake ratings
    for `task.epochs` with a plain loop (models/recsys/training.py); model 0 is evaluated every epoch;
-4. metrics.json: `test/*` at the last epoch, and `test_best_epoch/target_hr@50`, the target HR@50 at the
+4. metrics.json: `test/*` at the last epoch (with the hit counts and, from a bootstrap over users
+   (`task.bootstrap`), the target HR's interval), and `test_best_epoch/target_hr@50`, the target HR@50 at the
    epoch of minimum test RMSE (the reference's reading, 1.5-2x higher: an optimistic, test-chosen epoch).
 Per-epoch metrics go to the loggers (series "epoch"); the fake profiles to artifacts/fake_profiles.csv.
 Resume: the loop state is saved every epoch (`ctx.save_state("recsys")`) and picked up per `ckpt_path`.
@@ -60,10 +62,20 @@ def resolve_targets(spec: Any, data: RatingData) -> list[int]:
     return items
 
 
-def attack_shape(cfg: DictConfig, ctx: RunContext, data: RatingData, n_targets: int, injects: bool) -> tuple[int, int]:
-    """(n_fake, n_filler) from `attack.size` (fraction of users, in (0, 0.5]) and `attack.filler`."""
-    if not injects:
+def attack_shape(cfg: DictConfig, ctx: RunContext, data: RatingData, targets: list[int], attack: Any) -> tuple[int, int]:
+    """(n_fake, n_filler) from `attack.size` (fraction of users, in (0, 0.5]) and `attack.filler`; a replay's
+    file fixes both (n_filler = its mean profile length - #targets, for the record)."""
+    n_targets = len(targets)
+    if not getattr(attack, "injects", True):
         return 0, 0
+    if hasattr(attack, "profiles"):  # read and checked here, before anything trains
+        if cfg.attack.get("size") is not None or cfg.attack.get("filler") is not None:
+            raise UserError(
+                f"attack={cfg.attack.name}: the file fixes the fake users and their fillers; "
+                "drop attack.size and attack.filler (a sweep over attack.size cannot replay a file)"
+            )
+        fake = attack.profiles(data.n_items, torch.as_tensor(targets), data.max_rating)
+        return ctx.limit(len(fake)), int(round(float((fake > 0).sum(1).float().mean()))) - n_targets
     size = float(cfg.attack.size)
     if not 0 < size <= 0.5:
         raise UserError(f"attack.size={size}: must be a fraction of users in (0, 0.5], e.g. 0.03 for 3 %")
@@ -77,13 +89,19 @@ def attack_shape(cfg: DictConfig, ctx: RunContext, data: RatingData, n_targets: 
 
 
 def evaluate(
-    model: torch.nn.Module, data: RatingData, rated: torch.Tensor, targets: Sequence[int], ks: Sequence[int], loo_k: int
+    model: torch.nn.Module,
+    data: RatingData,
+    rated: torch.Tensor,
+    targets: Sequence[int],
+    ks: Sequence[int],
+    loo_k: int,
+    bootstrap: M.Bootstrap | None = None,
 ) -> dict[str, float]:
-    """Every metric of model 0 on the real users (metrics.py)."""
+    """Every metric of model 0 on the real users (metrics.py); the target HR's interval with `bootstrap`."""
     with torch.no_grad():
         scores = model.full_scores()[: data.n_users]
     real_rated = rated[: data.n_users]
-    out = M.target_hit_metrics(scores, real_rated, targets, ks)
+    out = M.target_hit_metrics(scores, real_rated, targets, ks, bootstrap)
     out["prediction_shift"] = M.prediction_shift(scores, real_rated, targets, data.max_rating)
     users, items, ratings = (torch.as_tensor(x) for x in data.test)
     out.update(M.rating_errors(scores, users, items, ratings.float(), data.max_rating))
@@ -163,8 +181,9 @@ def profiles_csv(fake: torch.Tensor, first_user: int) -> str:
 
 
 def results_table(cfg: DictConfig, metrics: dict[str, float], extra: dict[str, Any]) -> str:
+    attack = cfg.attack.name if extra["attack_name"] == cfg.attack.name else f"{cfg.attack.name} ({extra['attack_name']})"
     head = (
-        f"recsys: model={cfg.model.name} dataset={cfg.dataset.name} attack={cfg.attack.name} "
+        f"recsys: model={cfg.model.name} dataset={cfg.dataset.name} attack={attack} "
         f"(size {extra['attack_size']}, {extra['n_fake']} fake users x {extra['n_filler']} filler) "
         f"defense={cfg.defense.name} epochs={extra['epochs']} seed={cfg.seed}\n\n"
     )
@@ -256,11 +275,14 @@ def train(
     loop: Loop,
     epochs: int,
     generator: torch.Generator,
+    bootstrap: M.Bootstrap | None = None,
 ) -> None:
-    """Train with the defence; model 0 is evaluated, logged and the loop saved after every epoch."""
+    """Train with the defence; model 0 is evaluated, logged and the loop saved after every epoch (the
+    bootstrap only at the last epoch, the one `test/*` reports)."""
 
     def on_epoch_end(epoch: int, loss: float) -> None:
-        row = evaluate(loop.models[0], data, poisoned.rated, targets, cfg.task.ks, int(cfg.task.loo_k))
+        last = bootstrap if epoch + 1 == epochs else None
+        row = evaluate(loop.models[0], data, poisoned.rated, targets, cfg.task.ks, int(cfg.task.loo_k), last)
         row.update(epoch=epoch + 1, train_loss=loss)
         loop.history.append(row)
         ctx.log_metrics({f"epoch/{k}": v for k, v in row.items()}, step=epoch, series="epoch")
@@ -316,15 +338,20 @@ def final_metrics(history: list[dict[str, float]], stats: LoopStats) -> dict[str
     return metrics
 
 
-def job_record(cfg: DictConfig, metrics: dict[str, float], targets: list[int], attack_size: float) -> dict[str, Any]:
+def job_record(
+    cfg: DictConfig, metrics: dict[str, float], targets: list[int], attack_size: float, attack_name: str, n_fake: int
+) -> dict[str, Any]:
     """The job's one record. Factor names differ from the override keys (attack=, defense=) that
-    experiments.analysis.aggregate adds itself; epochs stay in metrics.json, since an int field would read as a factor."""
+    experiments.analysis.aggregate adds itself; epochs stay in metrics.json, since an int field would read as a factor.
+    `attack_name` is the condition: a replay's attack (aush, pga, ...), else `attack.name`; `n_fake` (a factor)
+    keeps replays of one attack at two sizes apart."""
     return dict(
-        attack_name=str(cfg.attack.name),
+        attack_name=attack_name,
         defense_name=str(cfg.defense.name),
         model_name=str(cfg.model.name),
         dataset_name=str(cfg.dataset.name),
         attack_size=attack_size,
+        n_fake=n_fake,
         seed=int(cfg.seed),
         targets=",".join(map(str, targets)),
         **{k.split("/", 1)[1] if k.startswith("test/") else k: v for k, v in metrics.items() if not k.endswith("/epoch")},
@@ -339,15 +366,19 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     epochs = ctx.limit(int(cfg.task.epochs))
     attack = build_attack(cfg, ctx)
     defense = instantiate(cfg.defense.method)
-    n_fake, n_filler = attack_shape(cfg, ctx, data, len(targets), getattr(attack, "injects", True))
+    n_fake, n_filler = attack_shape(cfg, ctx, data, targets, attack)
+    attack_name = str(getattr(attack, "attack_name", cfg.attack.name))
+    bootstrap = instantiate(cfg.task.bootstrap) if cfg.task.get("bootstrap") else None
     generator = torch.Generator().manual_seed(int(cfg.seed))
     state = ctx.load_state(STATE)
     poisoned = poison(cfg, ctx, data, attack, targets, (n_fake, n_filler), state)
     loop = build_loop(cfg, data, poisoned.matrix.shape[0], getattr(defense, "n_models", 1), generator, state)
-    train(cfg, ctx, data, targets, poisoned, defense, loop, epochs, generator)
+    train(cfg, ctx, data, targets, poisoned, defense, loop, epochs, generator, bootstrap)
     metrics = final_metrics(loop.history, loop.stats)
-    attack_size = float(cfg.attack.size) if n_fake else 0.0
-    extra = dict(attack_size=attack_size, n_fake=n_fake, n_filler=n_filler, epochs=epochs)
-    return TaskResult(
-        metrics=metrics, table=results_table(cfg, metrics, extra), records=[job_record(cfg, metrics, targets, attack_size)]
-    )
+    if not n_fake:
+        attack_size = 0.0
+    else:  # a replay's size is its file's
+        attack_size = n_fake / data.n_users if hasattr(attack, "profiles") else float(cfg.attack.size)
+    extra = dict(attack_size=attack_size, n_fake=n_fake, n_filler=n_filler, epochs=epochs, attack_name=attack_name)
+    record = job_record(cfg, metrics, targets, attack_size, attack_name, n_fake)
+    return TaskResult(metrics=metrics, table=results_table(cfg, metrics, extra), records=[record])

@@ -49,3 +49,20 @@ def test_rows_the_table_cannot_tell_apart_are_refused(tmp_path: Path) -> None:
     summary.write_text(HEADER.replace("defense,", "defense,attack,") + "tcd,average,all,target_hr@50,1,1,0.1,0.1,0.1,0.1\n" * 2)
     with pytest.raises(UserError, match="two rows for attack=average defense=tcd"):
         tables(summary, ["target_hr@50"])
+
+
+def test_a_replay_names_its_rows_by_the_files_attack_and_its_size_where_one_attack_has_two(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.csv"
+    header = "defense,attack.path,attack_name,n_fake,condition,metric,n,runs,median,q25,q75,mean\n"
+    rows = [
+        ("none", "p/TNA_poisoning_1018_18.npy", "tna", 18, 0.2),
+        ("tcd", "p/TNA_poisoning_1018_18.npy", "tna", 18, 0.02),
+        ("none", "p/PGA_poisoning_1018_28.npy", "pga", 28, 0.4),
+        ("none", "p/PGA_poisoning_1018_9.npy", "pga", 9, 0.1),
+        ("none", "p/aush_poisoning_1018_18.npy", "aush", 18, 0.3),
+    ]
+    summary.write_text(header + "".join(f"{d},{p},{a},{n},all,target_hr@50,3,3,{m},{m},{m},{m}\n" for d, p, a, n, m in rows))
+    text = tables(summary, ["target_hr@50"])
+    assert text.count("**target_hr@50**") == 1  # the file and the fake-user count are row labels, not settings
+    body = [line for line in text.splitlines() if line.startswith("| ") and "attack" not in line]
+    assert body == ["| aush | 0.3 |  |", "| pga (9 fake) | 0.1 |  |", "| pga (28 fake) | 0.4 |  |", "| tna | 0.2 | 0.02 |"]
