@@ -103,13 +103,16 @@ def job_steps_alive(job_id: str) -> bool:
     return subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job_id}\."], capture_output=True).returncode == 0
 
 
-def release_when_held(job_id: str, process: subprocess.Popen, restarts: int = 1, timeout: float = 300) -> None:
+def release_when_held(
+    job_id: str, process: subprocess.Popen, restarts: int = 1, timeout: float = 300, between=lambda: None
+) -> None:
     """SLURM holds a requeued job until about two minutes after the requeue (EligibleTime; measured on
     22.05): start it now instead, once it is back in the queue, so the test waits for our code, not the hold.
 
     Not at once, though: the requeue revokes the job's credential on the node with a one-second clock, and a
     start within the same second is refused ("Job credential revoked", measured on 22.05), which SLURM
-    turns into a FAILED job. So the old attempt's steps must be gone and the clock past the next second."""
+    turns into a FAILED job. So the old attempt's steps must be gone and the clock past the next second.
+    `between()` runs then: the old attempt is gone and the new one has not started."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         info = scontrol_job(job_id)
@@ -119,6 +122,7 @@ def release_when_held(job_id: str, process: subprocess.Popen, restarts: int = 1,
                 while job_steps_alive(job_id) and time.monotonic() < deadline:
                     time.sleep(POLL_S)
                 time.sleep(2.0)
+                between()
                 subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=60)
                 return
             if "JobState=RUNNING" in info or "JobState=COMPLETED" in info:
@@ -322,9 +326,21 @@ def test_ddp_over_two_srun_tasks_equals_ddp_spawn_with_two_processes(slurm_clust
 
 @pytest.mark.slurm
 @pytest.mark.slow
+def checkpoint_epoch(run_dir: Path) -> int:
+    """The epoch of the run's newest epoch-end `last.ckpt` (-1 when there is none yet)."""
+    import torch
+
+    found = sorted(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return int(torch.load(found[-1], map_location="cpu", weights_only=False)["epoch"]) if found else -1
+
+
+@pytest.mark.timeout(0)  # bounded by attempts instead: submitit gives up after max_num_timeout requeues
 def test_a_time_out_is_requeued_by_submitit_and_resumes(slurm_cluster, tmp_path: Path) -> None:
     """timeout_min=1: SLURM sends USR2 signal_delay_s before the limit, submitit requeues the job itself
-    (max_num_timeout) and every attempt resumes from the last epoch's last.ckpt until training is done."""
+    (max_num_timeout) and every attempt resumes from the last epoch's last.ckpt until training is done.
+    No wall-clock bound (a loaded machine spends most of each minute starting up, and an attempt may end
+    before its first epoch does): the attempts are bounded by max_num_timeout, a resume never goes back
+    to an earlier epoch, and the job must end with the uninterrupted run's metrics."""
     # 3,000 points (94 batches an epoch) x 150 epochs: 60-75 s of training on a fast idle 2-core machine
     # (60 epochs took 28 s there) and more under load, so the job always outlives the first slot (USR2 came
     # 26-45 s after the start); each attempt resumes where the last epoch-end checkpoint left it
@@ -343,10 +359,13 @@ def test_a_time_out_is_requeued_by_submitit_and_resumes(slurm_cluster, tmp_path:
     straight = start(*args, f"hydra.run.dir={tmp_path / 'straight'}")  # meanwhile, here
     wait_until(lambda: bool(job_ids(sweep)), "submission", on_slurm)
     (job_id,) = job_ids(sweep)
-    restarts = 0
+    restarts, epochs = 0, []
     while on_slurm.poll() is None:
-        release_when_held(job_id, on_slurm, restarts=restarts + 1, timeout=600)
+        release_when_held(
+            job_id, on_slurm, restarts=restarts + 1, timeout=600, between=lambda: epochs.append(checkpoint_epoch(sweep / "0"))
+        )
         restarts += 1
+        assert epochs == sorted(epochs), f"a resume went back to an earlier epoch: {epochs}"
     output = finish(on_slurm, timeout=60)
     finish(straight, timeout=600)
     assert_no_status_warnings(output)
@@ -354,4 +373,5 @@ def test_a_time_out_is_requeued_by_submitit_and_resumes(slurm_cluster, tmp_path:
     assert "this job is timed-out" in submitit_log and "Requeued job" in submitit_log
     assert re.search(r"\bRestarts=[1-9]", scontrol_job(job_id))
     assert "population: resuming from" in (sweep / "0" / "run.log").read_text()
+    assert epochs and max(epochs) >= 0, f"the job was never requeued from a checkpoint: {epochs}"
     assert metrics(sweep / "0") == metrics(tmp_path / "straight")
