@@ -4,14 +4,27 @@ Paper Sec. 5.1 / reference code: the student is the CQIL model with LoRA adapter
 on q, k, v, o, gate, up, down of every layer); the teacher is the same weights with the adapters
 and CQIL off; loss KL(teacher || student) on token logits at temperature T (1). Only the adapters
 are trained, and only they go into the Lightning checkpoints (the base weights never change).
+
+Saving (`save_recovered`): the CQIL groups hold the very layer objects of the original list, so once
+CQIL (or the layer removal) is undone with the adapters still injected, PEFT's `save_pretrained` keys
+them by the original layer names: `PeftModel.from_pretrained(plain_model, path)` loads them, and
+`apply_layout` with the folder's `cqil_layout.json` puts the recovered layout back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,10 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.cqil.analysis import layers_to_remove, remove_layers, restore_layers
-from models.cqil.plugin import CQILSpec, apply_cqil, decoder_of, remove_cqil
+from models.cqil.plugin import CQILSpec, apply_cqil, cqil_spec, decoder_of, remove_cqil
 
 log = logging.getLogger(__name__)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SAVE_CHOICES = ("adapters", "merged", "none")
+LAYOUT_FILE = "cqil_layout.json"
 
 
 @contextlib.contextmanager
@@ -134,31 +149,120 @@ def recover(
     return peft_model, module
 
 
-Setting = tuple[str, Callable[[nn.Module], Any], Callable[[nn.Module], Any], dict]
+@dataclass(frozen=True)
+class RecoverySetting:
+    """One model to recover: how to turn the plain model into it and back, the record's factors, and
+    `layout`, the JSON description `apply_layout` rebuilds it from (saved beside the adapters)."""
+
+    name: str
+    apply: Callable[[nn.Module], Any]
+    undo: Callable[[nn.Module], Any]
+    factors: dict[str, Any]
+    layout: dict[str, Any]
 
 
 def recovery_settings(
     specs: list[CQILSpec], removal: bool, similarity: Tensor, saved: Callable[[CQILSpec], int]
-) -> list[Setting]:
-    """(name, apply, undo, factors) for each CQIL setting and, when `removal`, its equal-latency removal."""
+) -> list[RecoverySetting]:
+    """Each CQIL setting (applied exactly as given, `bypass_residual` included) and, when `removal`,
+    its equal-latency removal baseline."""
     out = []
     for spec in specs:
         out.append(
-            (
+            RecoverySetting(
                 f"{spec.name}_lora",
                 lambda m, s=spec: apply_cqil(m, s),
                 remove_cqil,
                 {"kind": "cqil_lora", "p": spec.parallel_degree, "s": spec.start, "e": spec.end, "d": spec.bypass_distance},
+                {"cqil": dataclasses.asdict(spec)},
             )
         )
         if removal:
             k = saved(spec)
+            dropped = layers_to_remove(similarity, k)
             out.append(
-                (
+                RecoverySetting(
                     f"removed_{k}_lora",
-                    lambda m, k=k: remove_layers(m, layers_to_remove(similarity, k)),
+                    lambda m, dropped=dropped: remove_layers(m, dropped),
                     restore_layers,
                     {"kind": "removed_lora", "removed": k},
+                    {"removed_layers": dropped},
                 )
             )
     return out
+
+
+def apply_layout(model: nn.Module, layout: dict[str, Any]) -> None:
+    """Put a saved layout back on `model` (the plain model, or the base model of a PeftModel): CQIL
+    with the saved spec, or the saved layers removed."""
+    if "cqil" in layout:
+        apply_cqil(model, CQILSpec(**layout["cqil"]))
+    elif "removed_layers" in layout:
+        remove_layers(model, layout["removed_layers"])
+    else:
+        raise ValueError(f"not a CQIL layout: {layout}")
+
+
+def write_dir_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Let `write(tmp_dir)` fill a hidden folder beside `path`, then rename it into place (replacing an
+    older folder of that name): a reader never sees a half-written folder under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, aside / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(aside)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def adapted_layers(model: nn.Module) -> list[int]:
+    """Indices in the decoder's current layer list of the layers that carry LoRA adapters."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = decoder_of(model).layers
+    return [i for i, layer in enumerate(layers) if any(isinstance(m, LoraLayer) for m in layer.modules())]
+
+
+@contextlib.contextmanager
+def only_adapted_layers(peft_model: nn.Module) -> Iterator[None]:
+    """While saving, the adapter config names the layers that were trained (`layers_to_transform`):
+    a removed layer got no adapter, and loading must not give it a fresh one (nor warn of its keys)."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    before, layers = config.layers_to_transform, adapted_layers(peft_model.get_base_model())
+    if len(layers) < len(decoder_of(peft_model.get_base_model()).layers):
+        config.layers_to_transform = layers
+    try:
+        yield
+    finally:
+        config.layers_to_transform = before
+
+
+def save_recovered(peft_model: nn.Module, path: Path, how: str, layout: dict[str, Any]) -> Path:
+    """Save recovered adapters for the plain model: `adapters` = the PEFT folder (keys under the
+    original layer names), `merged` = the plain model with the adapters merged into a copy of its weights
+    (save_pretrained; the live model is left as it is); `layout` goes beside them as cqil_layout.json.
+    Call with CQIL / removal undone and the adapters still injected: while a layout is applied the
+    keys would name CQIL groups or shifted layers."""
+    if how not in SAVE_CHOICES[:2]:
+        raise ValueError(f"save_recovered how={how!r}: one of {SAVE_CHOICES[:2]}")
+    base = peft_model.get_base_model()
+    if cqil_spec(base) is not None or hasattr(decoder_of(base), "_removed_original_layers"):
+        raise RuntimeError("save_recovered: undo CQIL / the layer removal first, so the keys name the original layers")
+
+    def write(tmp: Path) -> None:
+        if how == "adapters":
+            with only_adapted_layers(peft_model):
+                peft_model.save_pretrained(str(tmp))
+        else:
+            copy.deepcopy(peft_model).merge_and_unload().save_pretrained(str(tmp))
+        (tmp / LAYOUT_FILE).write_text(json.dumps(layout, indent=1) + "\n")
+
+    return write_dir_atomically(path, write)

@@ -5,8 +5,11 @@ One job: load the checkpoint (`model.loader`), score the original model, every C
 `cqil.settings` and, beside each, the ShortGPT-style layer-removal baseline at equal ideal latency
 (perplexity on each corpus of `dataset.corpora`, greedy agreement with the original), the layer
 input-similarity heat map and the (S, E) proposal rule (`cqil.rule`), the latency table of
-`cqil.latency` (original vs sequential / fused / distributed, one run) and, when
-`cqil.recovery.enabled`, LoRA + KD recovery of chosen settings (`_lora` keys).
+`cqil.latency` (original vs sequential / fused / distributed, one run; each ratio against the
+original on one thread and against the original on as many cores as CQIL uses, `_same_cores`) and,
+when `cqil.recovery.enabled`, LoRA + KD recovery of chosen settings (`_lora` keys; the adapters are
+saved under the original layer names, `cqil.recovery.save`). Every CQIL setting the task builds
+carries `cqil.bypass_residual`.
 Metric keys: `<setting>/<metric>`, setting = original | cqil_p{P}_s{S}_e{E}[_d{D}] | removed_{k}.
 """
 
@@ -16,6 +19,8 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,13 +47,23 @@ log = logging.getLogger(__name__)
 SETTING_KEYS = {"p", "s", "e", "d"}
 
 
-def parse_settings(nodes: Any) -> list[CQILSpec]:
+def bypass_residual(cfg: DictConfig) -> bool:
+    """`cqil.bypass_residual`, which every CQIL setting of a run shares (it changes what D > 0 computes)."""
+    value = cfg.cqil.get("bypass_residual", True)
+    if not isinstance(value, bool):
+        raise UserError(f"cqil.bypass_residual={value!r}: must be true or false")
+    return value
+
+
+def parse_settings(nodes: Any, residual: bool, key: str = "cqil.settings") -> list[CQILSpec]:
+    """CQIL settings {p, s, e, d} as specs; `residual` is `cqil.bypass_residual`, passed by every
+    caller so no list of settings (grid, latency, recovery) runs another bypass than the run's."""
     specs = []
     for i, node in enumerate(nodes or []):
         unknown = set(node) - SETTING_KEYS
         if unknown or not {"p", "s", "e"} <= set(node):
-            raise UserError(f"cqil.settings[{i}]={dict(node)}: need keys p, s, e (and optional d); unknown {sorted(unknown)}")
-        specs.append(CQILSpec(int(node["s"]), int(node["e"]), int(node["p"]), int(node.get("d", 0))))
+            raise UserError(f"{key}[{i}]={dict(node)}: need keys p, s, e (and optional d); unknown {sorted(unknown)}")
+        specs.append(CQILSpec(int(node["s"]), int(node["e"]), int(node["p"]), int(node.get("d", 0)), bypass_residual=residual))
     return specs
 
 
@@ -90,12 +105,33 @@ class Scorer:
 # Latency modes that run in spawned ranks, and the transport of their per-token collectives.
 DISTRIBUTED_LATENCY_MODES = {"distributed": "dist", "distributed_shm": "shm"}
 LATENCY_MODES = ("sequential", "fused", *DISTRIBUTED_LATENCY_MODES)
+RANK_THREADS = 1  # intra-op threads per distributed rank: P devices emulated by P one-thread processes
 
 
 def baseline_key(mode: str) -> str:
     """The latency-table entry a mode is compared with: distributed modes time their own original on the
-    same ranks (every rank busy alike), the single-process modes share the one-thread original."""
+    same ranks (every rank busy alike; on GPUs the original on one GPU), the single-process modes share
+    the `threads`-thread original."""
     return f"original@{mode}" if mode in DISTRIBUTED_LATENCY_MODES else "original"
+
+
+def cqil_threads(mode: str, lat: Mapping[str, Any]) -> int:
+    """CPU threads CQIL uses in all in `mode`: `world_size` ranks x one thread for the distributed modes,
+    `cqil.latency.threads` for sequential / fused (one process)."""
+    return int(lat["world_size"]) * RANK_THREADS if mode in DISTRIBUTED_LATENCY_MODES else int(lat["threads"])
+
+
+def same_cores_key(mode: str, lat: Mapping[str, Any]) -> str:
+    """The latency-table entry of the original on as many CPU threads as CQIL uses in `mode`: CQIL has to
+    beat what those cores give the original through intra-op threads, not only one thread. For
+    sequential / fused that is the `threads`-thread original itself."""
+    count = cqil_threads(mode, lat)
+    return "original" if count == int(lat["threads"]) else f"original@{count}_threads"
+
+
+def ranks_on_gpus(world_size: int) -> bool:
+    """Whether spawned ranks get NCCL and a GPU each (the rule of models.cqil.distributed.spawn)."""
+    return torch.cuda.is_available() and torch.cuda.device_count() >= world_size
 
 
 def check_latency_modes(modes: list[str]) -> None:
@@ -104,35 +140,46 @@ def check_latency_modes(modes: list[str]) -> None:
         raise UserError(f"cqil.latency.modes: {unknown} not among {list(LATENCY_MODES)}")
 
 
-def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) -> dict[str, dict[str, float]]:
-    """Median prefill / decode seconds of the original and of each (spec, mode) on `threads` threads;
-    the distributed modes run in `world_size` spawned processes (one thread each) measured on rank 0:
-    `distributed` over torch.distributed (gloo / NCCL), `distributed_shm` over shared memory."""
+def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) -> dict[str, dict[str, Any]]:
+    """Median prefill / decode seconds of the original and of each (spec, mode), each entry with the
+    threads and device it ran on. The original and sequential / fused run on `threads` threads; the
+    distributed modes run in `world_size` spawned processes (one thread each, or one GPU each under
+    NCCL) measured on rank 0: `distributed` over torch.distributed (gloo / NCCL), `distributed_shm` over
+    shared memory. Beside them the original runs on as many CPU threads as each mode uses in all
+    (`same_cores_key`), interleaved with the others; on GPUs that comparison would be tensor
+    parallelism, which is not timed, so GPU ranks get none."""
     check_latency_modes(modes)
     lat = cfg.cqil.latency
     vocab = int(lm.model.get_input_embeddings().num_embeddings)
     prompt = torch.randint(0, vocab, (1, int(lat.prompt_tokens)), generator=torch.Generator().manual_seed(0))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(lat.threads))
     decoder = decoder_of(lm.model)
-    variants = {"original": decoder.layers}
+    variants, threads = {"original": decoder.layers}, {"original": int(lat.threads)}
+    on_gpus = ranks_on_gpus(int(lat.world_size))
+    for mode in modes:
+        if mode in DISTRIBUTED_LATENCY_MODES and on_gpus:
+            continue
+        variants[same_cores_key(mode, lat)] = decoder.layers
+        threads[same_cores_key(mode, lat)] = cqil_threads(mode, lat)
     for spec in specs:
         for mode in (m for m in modes if m not in DISTRIBUTED_LATENCY_MODES):
             apply_cqil(lm.model, spec, mode=mode)
             variants[f"{spec.name}/{mode}"] = decoder.layers
+            threads[f"{spec.name}/{mode}"] = int(lat.threads)
             remove_cqil(lm.model)
-    try:
-        table = time_variants(lm.model, variants, prompt, int(lat.decode_steps), int(lat.repeats), int(lat.warmup))
-    finally:
-        torch.set_num_threads(threads)
+    table: dict[str, dict[str, Any]] = dict(
+        time_variants(lm.model, variants, prompt, int(lat.decode_steps), int(lat.repeats), int(lat.warmup), threads)
+    )
+    for name, count in threads.items():
+        table[name].update(threads=count, device="cpu")
     loader = OmegaConf.to_container(cfg.model.loader, resolve=True)
     capacity = int(lat.prompt_tokens) * int(lm.model.config.hidden_size)  # the largest tensor a collective carries
     for mode in (m for m in modes if m in DISTRIBUTED_LATENCY_MODES):
         from models.cqil.distributed import spawn
 
-        job = functools.partial(distributed_latency_job, loader, [s.__dict__ for s in specs], prompt, dict(lat), mode)
+        raw_specs = [dataclasses.asdict(s) for s in specs]  # every field, bypass_residual included
+        job = functools.partial(distributed_latency_job, loader, raw_specs, prompt, dict(lat), mode)
         comm = DISTRIBUTED_LATENCY_MODES[mode]
-        table.update(spawn(job, world_size=int(lat.world_size), threads=1, comm=comm, shm_capacity=capacity))
+        table.update(spawn(job, world_size=int(lat.world_size), threads=RANK_THREADS, comm=comm, shm_capacity=capacity))
     return table
 
 
@@ -140,8 +187,14 @@ def distributed_latency_job(
     loader: dict, specs: list[dict], prompt: torch.Tensor, lat: dict, mode: str, rank: int, world: int
 ) -> dict:
     """Runs on every rank: time the original (all ranks busy alike), then each spec in distributed
-    mode; rank 0's medians are returned, keyed by `mode`. Also returns the max |logit| gap to sequential mode."""
+    mode; rank 0's medians are returned, keyed by `mode`. Also returns the max |logit| gap to sequential
+    mode. Under NCCL each rank computes on its own GPU, so the baseline is the original on one GPU."""
+    from models.cqil.distributed import rank_device
+
     lm = instantiate(loader)
+    device = rank_device()
+    lm.model.to(device)
+    prompt = prompt.to(device)
     decoder = decoder_of(lm.model)
     variants, gaps = {baseline_key(mode): decoder.layers}, {}
     with torch.no_grad():
@@ -157,6 +210,9 @@ def distributed_latency_job(
     table = time_variants(lm.model, variants, prompt, int(lat["decode_steps"]), int(lat["repeats"]), int(lat["warmup"]))
     from models.cqil.shm import collectives
 
+    for entry in table.values():
+        entry.update(ranks=world, threads_per_rank=torch.get_num_threads(), threads=world * torch.get_num_threads())
+        entry["device"] = device.type
     for name, gap in gaps.items():
         table[f"{name}/{mode}"]["max_logit_gap_vs_sequential"] = gap
         table[f"{name}/{mode}"]["transport"] = type(collectives()).__name__  # which collectives really ran
@@ -185,13 +241,23 @@ def recovery_windows(cfg: DictConfig, lm) -> torch.Tensor:
     return torch.stack([part[i] for i in range(count) for part in parts])
 
 
+def recovered_dir(ctx: RunContext, setting: str, how: str) -> Path:
+    """Where a recovered setting's adapters (`artifacts/recovered/<setting>`) or merged model
+    (`artifacts/recovered/<setting>_merged`) go."""
+    return ctx.artifact_path(f"recovered/{setting}" + ("_merged" if how == "merged" else ""))
+
+
 def recover_and_score(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer, similarity: torch.Tensor):
     """LoRA + KD recovery (models/cqil/recovery.py) of each `cqil.recovery.settings` entry (and its
-    equal-latency removal baseline), scored like the others; yields (setting, values, factors)."""
+    equal-latency removal baseline), scored like the others; yields (setting, values, factors). After
+    scoring, CQIL (or the removal) is undone while the adapters are still in the layers, so what
+    `cqil.recovery.save` writes is keyed by the original layer names and loads onto the plain model."""
+    from experiments.core.run_context import is_global_zero
     from experiments.core.training import build_trainer
-    from models.cqil.recovery import recover, recovery_settings
+    from models.cqil.recovery import recover, recovery_settings, save_recovered
 
     rec = cfg.cqil.recovery
+    how = check_recovery_save(cfg)
     windows = recovery_windows(cfg, lm)
     num_layers = len(decoder_of(lm.model).layers)
 
@@ -201,9 +267,12 @@ def recover_and_score(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer, simi
         )
 
     steps = ctx.limit(int(rec.steps))
-    settings = recovery_settings(parse_settings(rec.settings), bool(rec.removal), similarity, saved_layers)
-    for name, apply, undo, factors in settings:
-        apply(lm.model)
+    specs = parse_settings(rec.settings, bypass_residual(cfg), "cqil.recovery.settings")
+    settings = recovery_settings(specs, bool(rec.removal), similarity, saved_layers)
+    for setting in settings:
+        name, factors = setting.name, dict(setting.factors)
+        setting.apply(lm.model)
+        applied = True
         try:
             peft_model, module = recover(
                 lm.model,
@@ -217,17 +286,26 @@ def recover_and_score(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer, simi
                 int(rec.alpha),
                 float(rec.temperature),
             )
-            values = scorer.score()
-            peft_model.unload()
+            try:
+                values = scorer.score()
+                setting.undo(lm.model)
+                applied = False
+                if how != "none" and is_global_zero():
+                    out = save_recovered(peft_model, recovered_dir(ctx, name, how), how, setting.layout)
+                    factors["saved"] = str(out.relative_to(ctx.output_dir))
+                    log.info("%s: recovered %s saved to %s", name, how, out)
+            finally:
+                peft_model.unload()
         finally:
-            undo(lm.model)
+            if applied:
+                setting.undo(lm.model)
         saved = (factors["e"] - factors["s"]) * (1 - 1 / factors["p"]) if "p" in factors else factors["removed"]
         values["ideal_latency_ratio"] = 1.0 - saved / num_layers
         values["recovery_steps"] = float(steps)
         times = sorted(module.step_seconds)
         values["seconds_per_step"] = float(times[len(times) // 2]) if times else float("nan")
         log.info("%s: %s", name, values)
-        yield name, values, dict(factors)
+        yield name, values, factors
 
 
 class Results:
@@ -257,6 +335,25 @@ def check_latency_config(cfg: DictConfig) -> None:
         check_latency_modes(list(cfg.cqil.latency.modes))
 
 
+def check_recovery_save(cfg: DictConfig) -> str:
+    """`cqil.recovery.save`: `adapters` (PEFT folder), `merged` (the plain model with the adapters
+    merged, save_pretrained) or `none`."""
+    from models.cqil.recovery import SAVE_CHOICES
+
+    how = cfg.cqil.recovery.get("save", "adapters")
+    if how not in SAVE_CHOICES:
+        raise UserError(f"cqil.recovery.save={how!r}: choose one of {', '.join(SAVE_CHOICES)}")
+    return str(how)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse bad keys before the model loads and the grid runs, not minutes later."""
+    bypass_residual(cfg)
+    check_latency_config(cfg)
+    if cfg.cqil.recovery.enabled:
+        check_recovery_save(cfg)
+
+
 def load_model(cfg: DictConfig):
     """Seed, then load the checkpoint `model.loader` names: the seed fixes everything random
     downstream (timing prompts, recovery batches), so a run repeats."""
@@ -271,7 +368,7 @@ def layer_count(lm) -> int:
 
 def build_specs(cfg: DictConfig) -> list[CQILSpec]:
     """The CQIL settings of `cqil.settings`; scoring, the removal baseline and the table all follow them."""
-    return parse_settings(cfg.cqil.settings)
+    return parse_settings(cfg.cqil.settings, bypass_residual(cfg))
 
 
 def score_original(scorer: Scorer, results: Results) -> dict[str, float]:
@@ -293,10 +390,9 @@ def analyse_similarity(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer) -> 
 
 
 def score_cqil_settings(cfg: DictConfig, lm, scorer: Scorer, specs: list[CQILSpec], num_layers: int, results: Results) -> None:
-    """Score every CQIL setting with its groups run as `cqil.mode` and `cqil.bypass_residual`: the
-    task's main result, the model restored after each."""
+    """Score every CQIL setting (`build_specs`: they carry `cqil.bypass_residual`) with its groups run
+    as `cqil.mode`: the task's main result, the model restored after each."""
     for spec in specs:
-        spec = dataclasses.replace(spec, bypass_residual=bool(cfg.cqil.bypass_residual))
         apply_cqil(lm.model, spec, mode=cfg.cqil.mode)
         try:
             values = scorer.score()
@@ -326,9 +422,11 @@ def propose_with_rule(cfg: DictConfig, ctx: RunContext, lm, similarity: torch.Te
     """The (S, E) proposal rule of `cqil.rule`: a window of similar layer inputs whose calibration
     perplexity rise stays in bound, so a user need not search the grid; `rule_p{P}/*` metrics."""
     rule = cfg.cqil.rule
+    residual = bypass_residual(cfg)
     calib_base = perplexity(lm.model, calib)
 
     def rise(spec: CQILSpec) -> float:
+        spec = dataclasses.replace(spec, bypass_residual=residual)  # the rule scores what the run would run
         apply_cqil(lm.model, spec)
         try:
             value = perplexity(lm.model, calib) / calib_base - 1.0
@@ -358,18 +456,26 @@ def propose_with_rule(cfg: DictConfig, ctx: RunContext, lm, similarity: torch.Te
     }
 
 
-def latency_ratios(table: dict[str, dict[str, float]], spec: CQILSpec, modes: list[str], num_layers: int) -> dict[str, float]:
-    """CQIL / original decode and prefill time per mode, each against the baseline timed like it,
-    beside the ideal ratio they aim at."""
+def latency_ratios(
+    table: dict[str, dict[str, Any]], spec: CQILSpec, modes: list[str], num_layers: int, lat: Mapping[str, Any]
+) -> dict[str, float]:
+    """CQIL / original decode and prefill time per mode, beside the ideal ratio they aim at: against
+    the baseline timed like it (`<mode>_latency_ratio`: the one-thread original, or per rank) and
+    against the original on as many cores as the mode uses (`<mode>_latency_ratio_same_cores`; absent
+    where that original was not timed on the mode's device, i.e. on GPUs)."""
     values = {"ideal_latency_ratio": spec.ideal_latency_ratio(num_layers)}
     for mode in modes:
         entry = table.get(f"{spec.name}/{mode}")
-        ref = table[baseline_key(mode)]
-        if entry is not None:
-            values[f"{mode}_latency_ratio"] = entry["decode_s"] / ref["decode_s"]
-            values[f"{mode}_prefill_latency_ratio"] = entry["prefill_s"] / ref["prefill_s"]
-            if "max_logit_gap_vs_sequential" in entry:
-                values[f"{mode}_max_logit_gap"] = entry["max_logit_gap_vs_sequential"]
+        if entry is None:
+            continue
+        for suffix, key in (("", baseline_key(mode)), ("_same_cores", same_cores_key(mode, lat))):
+            ref = table.get(key)
+            if ref is None or ref.get("device", "cpu") != entry.get("device", "cpu"):
+                continue
+            values[f"{mode}_latency_ratio{suffix}"] = entry["decode_s"] / ref["decode_s"]
+            values[f"{mode}_prefill_latency_ratio{suffix}"] = entry["prefill_s"] / ref["prefill_s"]
+        if "max_logit_gap_vs_sequential" in entry:
+            values[f"{mode}_max_logit_gap"] = entry["max_logit_gap_vs_sequential"]
     return values
 
 
@@ -377,11 +483,12 @@ def measure_latency(cfg: DictConfig, ctx: RunContext, lm, num_layers: int, resul
     """Time the original and each `cqil.latency.settings` entry in every mode in one run, so all ratios
     share the machine's load; the raw timings go to latency.json."""
     lat = cfg.cqil.latency
-    lat_specs = parse_settings(lat.settings)
+    lat_specs = parse_settings(lat.settings, bypass_residual(cfg), "cqil.latency.settings")
     table = latency_table(cfg, lm, lat_specs, list(lat.modes))
     ctx.write_artifact("latency.json", json.dumps(table, indent=1))
     for spec in lat_specs:
-        results.add(spec.name, "latency", latency_ratios(table, spec, list(lat.modes), num_layers), **spec_factors(spec))
+        ratios = latency_ratios(table, spec, list(lat.modes), num_layers, lat)
+        results.add(spec.name, "latency", ratios, **spec_factors(spec))
 
 
 def score_recovered(cfg: DictConfig, ctx: RunContext, lm, scorer: Scorer, similarity: torch.Tensor, results: Results) -> None:
@@ -399,9 +506,9 @@ def summarize(results: Results, base: dict[str, float], specs: list[CQILSpec], c
 
 def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     """The task, stage by stage (keys in the module docstring); the optional stages follow `cqil.*`."""
+    check_config(cfg)
     if cfg.cqil.mode == "distributed":
         return run_distributed(cfg, ctx)
-    check_latency_config(cfg)
     lm = load_model(cfg)
     num_layers = layer_count(lm)
     specs = build_specs(cfg)
@@ -440,8 +547,11 @@ def score_both_modes(lm, scorer: Scorer, spec: CQILSpec) -> dict[str, float]:
 def distributed_scores(cfg_dict: dict, rank: int, world: int) -> dict[str, Any]:
     """On every rank: score the original, then each setting in sequential mode and in distributed
     mode (same windows, same prompts); rank 0's result is the task's."""
+    from models.cqil.distributed import rank_device
+
     cfg = OmegaConf.create(cfg_dict)
     lm = load_model(cfg)
+    lm.model.to(rank_device())  # under NCCL the rank's GPU; the scorer's inputs follow the model
     num_layers = layer_count(lm)
     scorer = Scorer(cfg, lm)
     results = Results()
@@ -522,20 +632,38 @@ def results_table(metrics: dict[str, float], base: dict[str, float], specs: list
         ideal = metrics.get(f"{s}/ideal_latency_ratio", float("nan"))
         rows.append([s, *cells, f"{metrics[f'{s}/greedy_agreement']:.3f}", f"{ideal:.3f}"])
     blocks = [markdown_table(header, rows)]
-    lat_rows = sorted(
-        {
-            k.split("/")[0]
-            for k in metrics
-            if k.endswith(("/sequential_latency_ratio", "/fused_latency_ratio", "/distributed_latency_ratio"))
-        }
-    )
+    lat_rows = latency_rows(metrics)
     if lat_rows:
-        lat_header = ["latency setting (CQIL / original, decode per token)", "ideal", "sequential", "fused", "distributed"]
-        metric_names = ["ideal_latency_ratio", "sequential_latency_ratio", "fused_latency_ratio", "distributed_latency_ratio"]
-
-        def cell(s: str, m: str) -> str:
-            return f"{metrics[f'{s}/{m}']:.3f}" if f"{s}/{m}" in metrics else "–"
-
-        blocks += ["", markdown_table(lat_header, [[s, *(cell(s, m) for m in metric_names)] for s in lat_rows])]
+        blocks += ["", markdown_table(LATENCY_HEADER, lat_rows)]
     blocks += [f"\n{key} = {metrics[key]:.4g}" for key in sorted(k for k in metrics if k.startswith("rule_"))]
     return "\n".join(blocks)
+
+
+# The latency block of results.md: per (setting, mode), each ratio against the original timed like the
+# mode (one thread, or per rank) and against the original on as many cores as the mode uses.
+LATENCY_HEADER = [
+    "latency setting",
+    "mode",
+    "ideal",
+    "decode: CQIL / original",
+    "decode: same cores",
+    "prefill: CQIL / original",
+    "prefill: same cores",
+]
+LATENCY_METRICS = ("latency_ratio", "latency_ratio_same_cores", "prefill_latency_ratio", "prefill_latency_ratio_same_cores")
+
+
+def latency_rows(metrics: dict[str, float]) -> list[list[str]]:
+    """One row per (setting, mode) timed: the ratio against the original timed like the mode (one
+    thread, or per rank) beside the one against the original on as many cores as the mode uses."""
+
+    def cell(key: str) -> str:
+        return f"{metrics[key]:.3f}" if key in metrics else "–"
+
+    settings = sorted({k.split("/")[0] for k in metrics if k.endswith("_latency_ratio")})
+    return [
+        [setting, mode, cell(f"{setting}/ideal_latency_ratio"), *(cell(f"{setting}/{mode}_{m}") for m in LATENCY_METRICS)]
+        for setting in settings
+        for mode in LATENCY_MODES
+        if f"{setting}/{mode}_latency_ratio" in metrics
+    ]
