@@ -235,9 +235,17 @@ class DynamicSizeCropper(DynamicPositionCropper):
         self.scales = np.linspace(self.min_alpha, 1.0, int(scales))
         self.max_scale_speed = check_seconds(max_scale_speed, f"cropping.crops.{self.name}.max_scale_speed", allow_none=True)
 
-    def frame_scales(self, maps: np.ndarray, path: np.ndarray) -> np.ndarray:
+    def frame_scales(self, maps: np.ndarray, path: np.ndarray, chunk: int = 256) -> np.ndarray:
         """Per frame, the smallest scale whose box (centred on the smoothed path) holds `mass` of the map
-        (every frame and scale at once through the maps' integral images)."""
+        (every scale of `chunk` frames at once through the maps' integral images: float64 images of a
+        whole long clip would take four times the room of its maps)."""
+        if len(maps) > chunk:
+            return np.concatenate(
+                [
+                    self.frame_scales(maps[start : start + chunk], path[start : start + chunk], chunk)
+                    for start in range(0, len(maps), chunk)
+                ]
+            )
         import cv2
 
         frames, mh, mw = maps.shape

@@ -1,12 +1,17 @@
 """Memorability tasks (Mudgal et al., arXiv 2309.11881): saliency-driven crops scored by a predictor,
 and a memorability regressor trained on Memento10k captions.
 
-`run` (experiment=memorability_crop): every clip under `dataset.path` x the crops of `cfg.cropping`
-with the saliency backend `cfg.saliency` (a factor: sweep `saliency=...`); each version of a clip is
-scored by `cfg.model.predictor` (ResMem: mean over `task.score_frames` frames). Each crop is also
-compared with same-size control crops (`task.controls`: centre, seeded random positions) scored on the
-same frames, because tercile deltas by original score show regression to the mean with no effect at
-all. Per-video scores, boxes, contact sheets and (optionally) cropped videos go to artifacts/.
+`run` (experiment=memorability_crop): every video under `dataset.path` (a file, or a folder: the video
+files in it, or every file matching the glob `dataset.glob`, e.g. `**/*.mp4`) x the crops of
+`cfg.cropping` with the saliency backend `cfg.saliency` (a factor: sweep `saliency=...`); each version of
+a clip is scored by `cfg.model.predictor` (ResMem: mean over `task.score_frames` frames). Each crop is
+also compared with same-size control crops (`task.controls`: centre, seeded random positions) scored on
+the same frames, because tercile deltas by original score show regression to the mean with no effect at
+all. A folder is a batch: videos are streamed (video.py), each appended to artifacts/scores.csv as it
+is done, so a killed batch rerun in its run dir resumes where it stopped (ledger.py); a video that
+cannot be processed is recorded in artifacts/failures.csv and the batch goes on. The statistics over
+clips are computed from scores.csv at the end. Per-video boxes, contact sheets, views and (optionally)
+cropped videos go to artifacts/.
 
 `run_train_captions` (experiment=memorability_train_captions): ridge on mean caption embeddings
 (the baseline) and the Lightning regressor, on the same split by video.
@@ -17,30 +22,27 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import time
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from common.errors import UserError
-from data.videos import contact_sheet, list_videos, playback_fps, png_bytes, read_frames, step_fps, write_video
+from data.videos import list_videos
 from experiments.analysis.tables import markdown_table
 from experiments.core.run_context import RunContext
+from experiments.core.run_dir import ResumeFrom
 from experiments.core.task import TaskResult
-from models.memorability.controls import (
-    ControlSpec,
-    anchored_boxes,
-    delta_vs_control,
-    min_wilcoxon_p,
-    summarize_controls,
-)
-from models.memorability.cropping import apply_crop
-from models.memorability.pipeline import CroppedClip, crop_clip, evenly_spaced, summarize_deltas, tercile_masks
+from experiments.tasks.memorability.ledger import Ledger, one_line
+from experiments.tasks.memorability.video import VideoJob, process_video, score_columns, timing_columns
+from models.memorability.controls import ControlSpec, delta_vs_control, min_wilcoxon_p, summarize_controls
+from models.memorability.pipeline import summarize_deltas, tercile_masks
 
 log = logging.getLogger(__name__)
 CROP_METRICS = ("score_mean", "delta_mean", "delta_low_third_mean", "delta_high_third_mean", "fps")
@@ -52,9 +54,10 @@ CONTROL_METRICS = (
     "delta_vs_control_low_third_mean",
     "delta_vs_control_high_third_mean",
 )
-SCORE_COLUMNS = ["clip", "version", "crop", "control", "draw", "score", "delta"]
-CONTROL_BOX_COLUMNS = ["clip", "crop", "control", "draw", "frame", "x", "y", "w", "h"]
 RELATIVE_COLUMNS = ["clip", "crop", "third", "original", "score", "centre", "random_mean", "control_mean", "delta"]
+# Failed videos of each crop run in this process (failures.csv rows, earlier attempts included): the batch
+# command (batch.py) turns them into its exit status.
+BATCH_FAILURES: list[int] = []
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
@@ -91,7 +94,7 @@ def _delta_figure(
 @dataclass
 class CropScores:
     """Per-clip scores of the original, of every crop and of each crop's controls (clips x controls, in
-    `spec.anchors` order), the rows written to artifacts/, and the timings."""
+    `spec.anchors` order), read back from the per-video logs, and the summed timings."""
 
     clips: list[str]
     croppers: list[str]
@@ -99,9 +102,6 @@ class CropScores:
     initial: np.ndarray = field(init=False)
     cropped: dict[str, np.ndarray] = field(init=False)
     controls: dict[str, np.ndarray] = field(init=False)
-    score_rows: list[dict] = field(default_factory=list)
-    box_rows: list[dict] = field(default_factory=list)
-    control_box_rows: list[dict] = field(default_factory=list)
     frames_total: int = 0
     decode_seconds: float = 0.0
     saliency_seconds: float = 0.0
@@ -119,6 +119,24 @@ class CropScores:
         self.controls = {name: np.zeros((len(self.clips), count)) for name in self.croppers}
         self.crop_seconds = dict.fromkeys(self.croppers, 0.0)
 
+    @classmethod
+    def from_logs(
+        cls, scores: list[dict[str, str]], timings: list[dict[str, str]], croppers: list[str], spec: ControlSpec
+    ) -> CropScores:
+        """From scores.csv rows (one per video) and timings.csv rows."""
+        out = cls([row["clip"] for row in scores], croppers, spec)
+        labels = [anchor.label for anchor in spec.anchors("")]
+        out.initial = np.array([float(row["original"]) for row in scores])
+        for name in croppers:
+            out.cropped[name] = np.array([float(row[f"crop_{name}"]) for row in scores])
+            values = [[float(row[f"crop_{name}_{label}"]) for label in labels] for row in scores]
+            out.controls[name] = np.array(values, float).reshape(len(scores), len(labels))
+        out.frames_total = sum(int(row["frames"]) for row in timings)
+        out.decode_seconds = sum(float(row["decode_s"]) for row in timings) / 2  # each video is decoded twice
+        out.saliency_seconds = sum(float(row["saliency_s"]) for row in timings)
+        out.crop_seconds = {name: sum(float(row[f"crop_{name}_s"]) for row in timings) for name in croppers}
+        return out
+
 
 def build_croppers(cfg: DictConfig) -> dict[str, Any]:
     croppers = {str(name): instantiate(node) for name, node in cfg.cropping.crops.items()}
@@ -127,95 +145,69 @@ def build_croppers(cfg: DictConfig) -> dict[str, Any]:
     return croppers
 
 
-def check_window(path: Path, croppers: dict[str, Any], kept: int, fps: float) -> None:
-    """A moving-average crop needs its whole window (in seconds, so in frames at the kept frames' rate):
-    a shorter clip is an error, not a silently weaker smoothing."""
-    for name, cropper in croppers.items():
-        needed = int(cropper.window_frames(fps))
-        if kept < needed:
-            raise UserError(
-                f"{path}: {kept} frames at {fps:.3g} fps, shorter than the {needed}-frame moving-average window of "
-                f"crop {name}; use a longer clip, more task.num_frames or a smaller window_seconds"
-            )
+@dataclass
+class Batch:
+    """The videos of one run: `dataset.path` itself, or the files of that folder (by `dataset.glob`).
+    Each is named by its path relative to the folder (the key of its rows), and has a clip id: that path
+    without its suffix, unless two files share it (a.mp4 and a.avi keep their suffixes)."""
+
+    root: Path
+    sources: list[Path]
+    is_folder: bool
+    pattern: str | None = None
+    clips: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        stems = {path: str(PurePosixPath(path).with_suffix("")) for path in map(self.path, self.sources)}
+        shared = Counter(stems.values())
+        self.clips = {path: stem if shared[stem] == 1 else path for path, stem in stems.items()}
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, ctx: RunContext) -> Batch:
+        root = Path(str(cfg.dataset.path)).expanduser()
+        pattern = cfg.dataset.get("glob")
+        sources = list_videos(root, pattern)
+        return cls(root, sources[: ctx.limit(len(sources))], root.is_dir(), pattern)
+
+    def path(self, source: Path) -> str:
+        return (source.relative_to(self.root) if self.is_folder else Path(source.name)).as_posix()
+
+    def clip(self, source: Path) -> str:
+        return self.clips[self.path(source)]
+
+    def describe(self) -> str:
+        where = f"under {self.root}" + (f" matching {self.pattern!r}" if self.pattern else "")
+        return f"{len(self.sources)} file{'s' * (len(self.sources) != 1)} {where}" if self.is_folder else str(self.root)
 
 
-def score_controls(
-    out: CropScores,
-    i: int,
-    clip: str,
-    frames: list[np.ndarray],
-    picks: list[int],
-    indices: list[int],
-    crop: CroppedClip,
-    predictor: Any,
-) -> list[np.ndarray]:
-    """Score crop `crop.name`'s controls of clip i: on the scored frames only, each control box has the
-    saliency box's size in that frame and is resized to the crop's output size, as the crop is.
-    Returns the centre control's frames (for the contact sheet; empty without one)."""
-    height, width = frames[0].shape[:2]
-    size = (crop.frames[0].shape[1], crop.frames[0].shape[0])
-    centre_frames: list[np.ndarray] = []
-    for column, anchor in enumerate(out.spec.anchors(clip)):
-        boxes = anchored_boxes(crop.boxes[picks], width, height, anchor.u, anchor.v)
-        cut = [apply_crop(frames[j], box, size) for j, box in zip(picks, boxes)]
-        score = predictor.score_video(cut)
-        out.controls[crop.name][i, column] = score
-        draw = "" if anchor.draw is None else anchor.draw
-        values = [clip, f"crop_{crop.name}_{anchor.label}", crop.name, anchor.kind, draw, score, score - out.initial[i]]
-        out.score_rows.append(dict(zip(SCORE_COLUMNS, values)))
-        out.control_box_rows += [
-            dict(zip(CONTROL_BOX_COLUMNS, [clip, crop.name, anchor.kind, draw, indices[j], *b]))
-            for j, b in zip(picks, boxes.tolist())
-        ]
-        if anchor.kind == "centre":
-            centre_frames = cut
-    return centre_frames
-
-
-def crop_and_score_clip(
-    cfg: DictConfig, ctx: RunContext, i: int, path: Path, saliency: Any, croppers: dict[str, Any], predictor: Any, out: CropScores
-) -> None:
-    """Read one clip, crop it every way, score the original and each crop on the same frames, and write its
-    contact sheet (and cropped videos when `task.write_videos`).
-
-    With `task.num_frames` thinning the clip, the crops' smoothing (set in seconds) runs at the kept
-    frames' rate, and cropped videos are written at the rate that keeps the source's duration."""
-    task = cfg.task
-    start = time.perf_counter()
-    frames, indices, info = read_frames(
-        path, num_frames=task.num_frames, min_frames=int(task.min_frames), fps=task.get("fps_override")
-    )
-    out.decode_seconds += time.perf_counter() - start
-    kept_fps = step_fps(indices, info.fps)
-    check_window(path, croppers, len(frames), kept_fps)
-    result = crop_clip(frames, saliency, croppers, fps=kept_fps)
-    out.frames_total += len(frames)
-    out.saliency_seconds += result.saliency_seconds
-    picks = evenly_spaced(len(frames), int(task.score_frames))
-    out.initial[i] = predictor.score_video([frames[j] for j in picks])
-    out.score_rows.append(dict(zip(SCORE_COLUMNS, [path.stem, "original", "", "", "", out.initial[i], 0.0])))
-    sheet_rows = [("original", [frames[j] for j in picks])]
-    video_fps = playback_fps(info, len(frames))
-    for name, crop in result.crops.items():
-        out.crop_seconds[name] += crop.seconds
-        out.cropped[name][i] = predictor.score_video([crop.frames[j] for j in picks])
-        score = out.cropped[name][i]
-        values = [path.stem, f"crop_{name}", name, "saliency", "", score, score - out.initial[i]]
-        out.score_rows.append(dict(zip(SCORE_COLUMNS, values)))
-        out.box_rows += [
-            {"clip": path.stem, "crop": name, "frame": index, "x": b[0], "y": b[1], "w": b[2], "h": b[3]}
-            for index, b in zip(indices, crop.boxes.tolist())
-        ]
-        sheet_rows.append((f"crop_{name}", [crop.frames[j] for j in picks]))
-        centre = score_controls(out, i, path.stem, frames, picks, indices, crop, predictor)
-        if centre:
-            sheet_rows.append((f"crop_{name}_centre", centre))
-        if task.write_videos:
-            ctx.write_artifact(
-                f"videos/{path.stem}_{name}.mp4", lambda tmp, f=crop.frames, fps=video_fps: write_video(tmp, f, fps)
-            )
-    ctx.write_artifact(f"contact_sheets/{path.stem}.png", png_bytes(contact_sheet(sheet_rows)))
-    log.info("%s: original %.3f, %s", path.stem, out.initial[i], ", ".join(f"{n} {out.cropped[n][i]:.3f}" for n in croppers))
+def process_batch(job: VideoJob, ctx: RunContext, batch: Batch, ledger: Ledger, skip: set[str]) -> None:
+    """Every video not in `skip`, in order, under a progress bar (on a terminal; the log has a line per
+    video); each one's rows are appended once it is done. In a folder, a video that fails is recorded with
+    its error and the batch goes on; a single file's error stops the run."""
+    todo = [source for source in batch.sources if batch.path(source) not in skip]
+    bar = tqdm(total=len(batch.sources), initial=len(batch.sources) - len(todo), unit="video", disable=None)
+    try:
+        for number, source in enumerate(todo, start=len(batch.sources) - len(todo) + 1):
+            path, clip = batch.path(source), batch.clip(source)
+            bar.set_postfix_str(path[-40:], refresh=False)
+            try:
+                outcome = process_video(job, ctx, source, path, clip)
+            except Exception as exc:
+                if not batch.is_folder:
+                    raise
+                ledger.fail(path, clip, exc)
+                log.warning("[%d/%d] %s failed, recorded in failures.csv: %s", number, len(batch.sources), path, one_line(exc))
+            else:
+                ledger.boxes.append(outcome.box_rows)
+                ledger.control_boxes.append(outcome.control_box_rows)
+                ledger.timings.append([outcome.timing_row()])
+                ledger.exports.append(outcome.export_rows)
+                ledger.scores.append([outcome.score_row()])  # last: the row says the video is done
+                crops = ", ".join(f"{name} {score:.3f}" for name, score in outcome.cropped.items())
+                log.info("[%d/%d] %s: original %.3f, %s", number, len(batch.sources), path, outcome.initial, crops)
+            bar.update(1)
+    finally:
+        bar.close()
 
 
 def delta_vs_control_rows(out: CropScores) -> list[dict[str, Any]]:
@@ -246,8 +238,7 @@ def delta_vs_control_rows(out: CropScores) -> list[dict[str, Any]]:
 
 
 def write_crop_artifacts(ctx: RunContext, out: CropScores) -> None:
-    ctx.write_artifact("scores.csv", _csv(out.score_rows, SCORE_COLUMNS))
-    ctx.write_artifact("boxes.csv", _csv(out.box_rows, ["clip", "crop", "frame", "x", "y", "w", "h"]))
+    """What needs every clip: the delta plots and delta_vs_control.csv (per-video files are written as they come)."""
     deltas = {name: values - out.initial for name, values in out.cropped.items()}
     ctx.save_figure(_delta_figure(out.clips, out.initial, deltas), "delta_vs_initial")
     if out.spec.enabled:
@@ -255,17 +246,30 @@ def write_crop_artifacts(ctx: RunContext, out: CropScores) -> None:
         ctx.save_figure(
             _delta_figure(out.clips, out.initial, relative, "crop score - controls' mean"), "delta_vs_control_vs_initial"
         )
-        ctx.write_artifact("control_boxes.csv", _csv(out.control_box_rows, CONTROL_BOX_COLUMNS))
         ctx.write_artifact("delta_vs_control.csv", _csv(delta_vs_control_rows(out), [*RELATIVE_COLUMNS, "delta_vs_control"]))
 
 
-def crop_metrics(out: CropScores, backend: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """`original/score_mean`, `decode/fps`; per crop the score deltas, the saliency + crop frame rate and
-    the comparison with its controls (`crop_<c>/delta_vs_control_*`); per crop and control kind the
-    control's own deltas (`crop_<c>_centre/...`, `crop_<c>_random/...`: random averaged over draws)."""
-    n, spec = len(out.clips), out.spec
+def export_fields(exports: list[dict[str, str]]) -> dict[str, str]:
+    """Record fields saying how the cropped videos were written: `video_codec` (fourcc) and `audio` (kept,
+    none, dropped), each value once, joined when videos differ; none without exported videos."""
+    if not exports:
+        return {}
+    audio = sorted({row["audio"].split(":")[0] for row in exports})
+    return {"video_codec": ",".join(sorted({row["codec"] for row in exports})), "audio": ",".join(audio)}
+
+
+def crop_metrics(
+    out: CropScores, backend: str, batch: dict[str, float] | None = None, fields: dict[str, str] | None = None
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """`original/score_mean`, `decode/fps` (kept frames per second of one decoding pass); per crop the score
+    deltas, the saliency + crop frame rate and the comparison with its controls (`crop_<c>/delta_vs_control_*`);
+    per crop and control kind the control's own deltas (`crop_<c>_centre/...`, `crop_<c>_random/...`:
+    random averaged over draws); the batch's counts (`batch/videos`, `_scored`, `_failed`). Records carry
+    `fields` (how videos were exported)."""
+    n, spec, fields = len(out.clips), out.spec, fields or {}
     metrics = {"original/score_mean": float(out.initial.mean()), "decode/fps": out.frames_total / max(out.decode_seconds, 1e-9)}
-    records = [{"condition": "original", "backend": backend, "clips": n, "score_mean": float(out.initial.mean())}]
+    metrics |= batch or {}
+    records = [{"condition": "original", "backend": backend, "clips": n, **fields, "score_mean": float(out.initial.mean())}]
     kinds = np.array(out.control_kinds)
     for name, values in out.cropped.items():
         summary = summarize_deltas(out.initial, values)
@@ -274,18 +278,18 @@ def crop_metrics(out: CropScores, backend: str) -> tuple[dict[str, float], list[
             summary |= summarize_controls(out.initial, values, out.controls[name], spec.resamples, spec.level, spec.seed)
         metrics.update({f"crop_{name}/{k}": v for k, v in summary.items()})
         control = {"control": "saliency"} if spec.enabled else {}
-        records.append({"condition": f"crop_{name}", **control, "backend": backend, "clips": n, **summary})
+        records.append({"condition": f"crop_{name}", **control, "backend": backend, "clips": n, **fields, **summary})
         for kind in dict.fromkeys(kinds):
             own = summarize_deltas(out.initial, out.controls[name][:, kinds == kind].mean(axis=1))
             metrics.update({f"crop_{name}_{kind}/{k}": v for k, v in own.items()})
-            records.append({"condition": f"crop_{name}", "control": kind, "backend": backend, "clips": n, **own})
+            records.append({"condition": f"crop_{name}", "control": kind, "backend": backend, "clips": n, **fields, **own})
     return metrics, records
 
 
-def crop_table(cfg: DictConfig, out: CropScores, records: list[dict[str, Any]], backend: str) -> str:
-    """results.md: every arm's scores and deltas, then each crop against its controls."""
+def crop_table(cfg: DictConfig, out: CropScores, records: list[dict[str, Any]], backend: str, preface: str = "") -> str:
+    """results.md: the batch, every arm's scores and deltas, then each crop against its controls."""
     n, spec = len(out.clips), out.spec
-    text = (
+    text = preface + (
         f"Memorability of {n} clips ({cfg.model.name}, mean of {cfg.task.score_frames} frames per clip), "
         f"saliency {backend}; delta = crop - original; thirds by original score.\n\n"
     )
@@ -307,20 +311,48 @@ def crop_table(cfg: DictConfig, out: CropScores, records: list[dict[str, Any]], 
     )
 
 
+def batch_preface(batch: Batch, scored: int, failures: list[dict[str, str]], fields: dict[str, str]) -> str:
+    """The lines of results.md that say what was read and how videos were written."""
+    text = f"Videos: {batch.describe()}; {scored} scored"
+    text += f", {len(failures)} failed (artifacts/failures.csv).\n\n" if failures else ".\n\n"
+    if fields:
+        text += f"Cropped videos: codec {fields['video_codec']}, audio {fields['audio']} (artifacts/exports.csv).\n\n"
+    return text
+
+
 def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    """Crop every clip with every cropper, score before and after."""
+    """Crop every video with every cropper, score before and after; resumes a batch in its run dir."""
     saliency = instantiate(cfg.saliency.model)
     croppers = build_croppers(cfg)
     spec = ControlSpec.from_config(cfg.task.get("controls"))
-    clips = list_videos(cfg.dataset.path)[: ctx.limit(len(list_videos(cfg.dataset.path)))]
-    predictor = instantiate(cfg.model.predictor)
-    out = CropScores([p.stem for p in clips], list(croppers), spec)
-    for i, path in enumerate(clips):
-        crop_and_score_clip(cfg, ctx, i, path, saliency, croppers, predictor, out)
+    job = VideoJob.from_config(cfg, saliency, croppers, None, spec)
+    batch = Batch.from_config(cfg, ctx)
+    job.choose_codec()
+    job.predictor = instantiate(cfg.model.predictor)
+    ledger = Ledger.in_folder(ctx.artifact_path(""), score_columns(list(croppers), spec), timing_columns(list(croppers)))
+    scored, failed = ledger.resume(fresh=ResumeFrom.parse(cfg.get("ckpt_path")).kind == "never")
+    if scored or failed:
+        log.info("resuming: %d videos already scored (skipped), %d failed before (tried again)", len(scored), failed)
+    process_batch(job, ctx, batch, ledger, scored)
+
+    rows, failures = ledger.scores.rows(), ledger.failures.rows()
+    if not rows:
+        first = failures[0] if failures else {"path": str(batch.root), "error": "nothing was processed"}
+        raise UserError(
+            f"none of the {batch.describe()} could be processed (each is in artifacts/failures.csv); "
+            f"the first, {first['path']}: {first['error']}"
+        )
+    if failures:
+        log.warning("%d of %d videos failed: see artifacts/failures.csv", len(failures), len(failures) + len(rows))
+    out = CropScores.from_logs(rows, ledger.timings.rows(), list(croppers), spec)
     write_crop_artifacts(ctx, out)
     backend = str(cfg.saliency.name)
-    metrics, records = crop_metrics(out, backend)
-    return TaskResult(metrics=metrics, table=crop_table(cfg, out, records, backend), records=records)
+    fields = export_fields(ledger.exports.rows())
+    counts = {"batch/videos": float(len(batch.sources)), "batch/videos_scored": float(len(rows))}
+    metrics, records = crop_metrics(out, backend, counts | {"batch/videos_failed": float(len(failures))}, fields)
+    BATCH_FAILURES.append(len(failures))
+    preface = batch_preface(batch, len(rows), failures, fields)
+    return TaskResult(metrics=metrics, table=crop_table(cfg, out, records, backend, preface), records=records)
 
 
 def split_videos(count: int, test_fraction: float, val_fraction: float, seed: int) -> dict[str, np.ndarray]:

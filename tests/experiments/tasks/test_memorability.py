@@ -60,16 +60,24 @@ def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, cli
     metrics = json.loads((run_dir / "metrics.json").read_text())
     expected = {"original/score_mean", "decode/fps"} | {f"{c}/{k}" for c in CROPS for k in CROP_KEYS + RELATIVE_KEYS}
     expected |= {f"{c}_{kind}/{k}" for c in CROPS for kind in ("centre", "random") for k in CONTROL_KEYS}
+    expected |= {"batch/videos", "batch/videos_scored", "batch/videos_failed"}
     assert set(metrics) == expected
+    assert (metrics["batch/videos"], metrics["batch/videos_scored"], metrics["batch/videos_failed"]) == (3, 3, 0)
     # brightness rises when the crop keeps the bright square and drops background; the dynamic crops track it
     assert metrics["crop_dynamic_position/delta_mean"] > 0 and metrics["crop_dynamic_size/delta_mean"] > 0
     assert metrics["crop_dynamic_position/score_mean"] > metrics["crop_fixed/score_mean"]
     scores = _csv_rows(run_dir / "artifacts" / "scores.csv")
-    assert len(scores) == 3 * (1 + 3 * 7)  # per clip: the original, and per crop itself + centre + 5 random controls
-    by_clip = {(r["clip"], r["version"]): float(r["score"]) for r in scores}
-    originals = np.array([by_clip[(f"square{i}", "original")] for i in range(3)])
+    assert [r["path"] for r in scores] == [f"square{i}.mp4" for i in range(3)]  # a row per video, named by its path
+    controls = ["centre", *(f"random_{k}" for k in range(5))]
+    assert list(scores[0])[6:] == ["original", *(f"{c}{s}" for c in CROPS for s in ["", *(f"_{k}" for k in controls)])]
+    assert [(r["frames"], r["fps"], r["width"], r["height"]) for r in scores] == [
+        ("24", "10.0", "160", "96"),
+        ("30", "11.0", "160", "96"),
+        ("18", "12.0", "160", "96"),
+    ]
+    originals = np.array([float(r["original"]) for r in scores])
     assert metrics["original/score_mean"] == pytest.approx(originals.mean())
-    deltas = np.array([by_clip[(f"square{i}", "crop_fixed")] for i in range(3)]) - originals
+    deltas = np.array([float(r["crop_fixed"]) for r in scores]) - originals
     assert metrics["crop_fixed/delta_low_third_mean"] == pytest.approx(deltas[np.argmin(originals)])
     assert metrics["crop_fixed/delta_high_third_mean"] == pytest.approx(deltas[np.argmax(originals)])
     boxes = _csv_rows(run_dir / "artifacts" / "boxes.csv")
@@ -78,11 +86,21 @@ def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, cli
     info = probe_video(run_dir / "artifacts" / "videos" / "square1_dynamic_size.mp4")
     assert (info.frame_count, info.width, info.height) == (30, 80, 48) and info.fps == pytest.approx(11)
     assert (run_dir / "artifacts" / "contact_sheets" / "square2.png").stat().st_size > 0
+    for view in ("saliency", "timeline"):
+        assert [p.name for p in sorted((run_dir / "artifacts" / "views").glob(f"*_{view}.png"))] == [
+            f"square{i}_{view}.png" for i in range(3)
+        ]
+    exports = _csv_rows(run_dir / "artifacts" / "exports.csv")
+    assert [(r["clip"], r["crop"]) for r in exports] == [(f"square{i}", c.removeprefix("crop_")) for i in range(3) for c in CROPS]
+    assert all(r["file"] == f"videos/{r['clip']}_{r['crop']}.mp4" and r["codec"] in ("avc1", "mp4v") for r in exports)
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     assert [r["condition"] for r in records] == ["original", *(c for c in CROPS for _ in range(3))]
     assert [r.get("control") for r in records] == [None, *(["saliency", "centre", "random"] * 3)]
     assert {r["backend"] for r in records} == {"spectral_residual"}
-    assert "| crop_dynamic_size |" in (run_dir / "results.md").read_text()
+    assert {r["video_codec"] for r in records} == {exports[0]["codec"]}  # which codec wrote the videos
+    assert {r["audio"] for r in records} <= {"kept", "none", "dropped"}
+    table = (run_dir / "results.md").read_text()
+    assert "| crop_dynamic_size |" in table and f"3 files under {clip_dir}; 3 scored." in table
 
 
 @pytest.mark.parametrize("backend", ["fine_grained", "motion"])
@@ -94,6 +112,7 @@ def test_saliency_backend_is_a_factor(backend: str, make_config, clip_dir: Path,
         "logger=none",
         f"saliency={backend}",
         "task.write_videos=false",
+        "task.views=null",
         "debug=fast",
     )
     run_task(cfg, tmp_path / "run")

@@ -150,6 +150,8 @@ def test_dynamic_size_scales_equal_a_per_frame_search() -> None:
         ]
         first = next((i for i, share in enumerate(held) if share >= 0.5), len(held) - 1)
         assert cropper.frame_scales(maps, path)[t] == cropper.scales[first]
+    chunked = cropper.frame_scales(maps, path, chunk=5)  # a long clip goes in chunks of frames: the same scales
+    assert np.array_equal(chunked, cropper.frame_scales(maps, path)) and len(chunked) == 12
 
 
 def _jump_maps(seconds: float, fps: float, jump_at: float = 0.5) -> np.ndarray:

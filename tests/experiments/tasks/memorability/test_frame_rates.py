@@ -54,6 +54,7 @@ def _run(make_config, source: Path, run_dir: Path, *overrides: str) -> Path:
         STAND_IN,
         "logger=none",
         "task.score_frames=2",
+        "task.views=null",  # views: their own tests
         *overrides,
         output_dir=run_dir,
     )
