@@ -126,3 +126,22 @@ def test_a_real_file_of_the_tcd_authors_is_read_through_the_data_root(make_confi
         match=r"target item\(s\) \[1018, 946, 597, 575, 516\] of task.targets .* not rated by every profile \(unrated in 27, 28, 25, 27, 26 of 28\)",
     ):
         attack_shape(other, Limitless(), data, read_targets(other, data), instantiate(other.attack.method))
+
+
+def test_the_replay_experiment_sweeps_every_saved_file_of_its_target_set(make_config, data_dir) -> None:
+    """Each file the experiment sweeps is a valid replay of ML-100K's random target set, and no saved file of
+    that set (first target 1018) is left out."""
+    cfg = make_config("experiment=recsys_tcd_ml100k_replay")
+    swept = [p.strip() for p in cfg.hydra.sweeper.params["attack.path"].split(",")]
+    folder = data_dir / "recsys" / "tcd_poison" / "ml-100k"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the TCD authors' poison files are not under this data root")
+    assert sorted(Path(p).name for p in swept) == sorted(p.name for p in folder.glob("*_poisoning_1018_*.npy"))
+    data = instantiate(cfg.dataset)
+    targets = read_targets(cfg, data)
+    names = set()
+    for path in swept:
+        attack = instantiate(make_config("experiment=recsys_tcd_ml100k_replay", f"attack.path={path}").attack.method)
+        assert attack_shape(cfg, Limitless(), data, targets, attack)[0] in (9, 18, 28)
+        names.add(attack.attack_name)
+    assert names == {"random", "average", "aush", "pga", "tna"}
