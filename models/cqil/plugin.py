@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from common.errors import UserError
 from models.cqil.architectures import check_architecture, check_group_attention_types
+from models.cqil.persistence import attach_original_names, detach_original_names
 
 MODES = ("sequential", "fused", "distributed")
 _LAYER_PARTS = ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")
@@ -222,8 +223,6 @@ def apply_cqil(model: nn.Module, spec: CQILSpec, mode: str = "sequential") -> CQ
     object.__setattr__(decoder, "_cqil_mode", mode)
     object.__setattr__(decoder, "_cqil_hooks", hooks)
     decoder.layers = nn.ModuleList(new_layers)
-    from models.cqil.persistence import attach_original_names
-
     attach_original_names(model, decoder, spec, mode)
     return spec
 
@@ -238,8 +237,6 @@ def remove_cqil(model: nn.Module) -> nn.Module:
         raise UserError(
             "remove_cqil: this model released the layers its rank does not compute (distributed mode); load it again instead"
         )
-    from models.cqil.persistence import detach_original_names
-
     detach_original_names(model, decoder)
     for hook in decoder._cqil_hooks:
         hook.remove()
