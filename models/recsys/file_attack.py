@@ -14,7 +14,7 @@ every target in every profile; the other target set's popular items are often fi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -72,7 +72,6 @@ class FileAttack:
     root: str = "."
     label: str | None = None
     injects: ClassVar[bool] = True
-    _profiles: Tensor | None = field(default=None, init=False, repr=False)
 
     @property
     def file(self) -> Path:
@@ -92,7 +91,7 @@ class FileAttack:
 
     def profiles(self, n_items: int, targets: Tensor, max_rating: float) -> Tensor:
         """Every profile of the file (read once), in rating units."""
-        if self._profiles is None:
+        if getattr(self, "_profiles", None) is None:  # a cache, not a config field
             self._profiles = read_profiles(self.file, n_items, torch.as_tensor(targets), max_rating)
         return self._profiles
 
