@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from common.errors import UserError
-from models.cqil.plugin import CQILSpec, decoder_of, member_deltas
+from models.cqil.plugin import CQILSpec, attentions_read, decoder_of, member_deltas
 from models.cqil.shm import DEFAULT_TIMEOUT_S, collectives, use_collectives
 
 RELEASED_ATTR = "_cqil_released"  # set on the decoder by release_unowned_layers; remove_cqil refuses such a model
@@ -84,7 +84,7 @@ class DistributedGroup(nn.Module):
         self.residual = spec.bypass_residual
         self.is_first = int(members[0].self_attn.layer_idx) == spec.start
         # members whose attention this rank computes: its own, and with bypass those its own members read
-        self.attended = sorted({k for j in self.owned for k in range(max(0, j - self.distance), j + 1)})
+        self.attended = attentions_read(self.owned, self.distance)
         self.layer_indices = [int(m.self_attn.layer_idx) for m in members]
 
     def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:

@@ -24,7 +24,7 @@ def _renames(spec) -> dict[str, str]:
     return {f"layers.{group[0]}.members.{j}.": f"layers.{index}." for group in spec.groups() for j, index in enumerate(group)}
 
 
-def _layer_key(key: str, prefix: str, renames: dict[str, str], reverse: bool) -> str:
+def _layer_key(key: str, prefix: str, table: dict[str, str]) -> str:
     if not key.startswith(prefix):
         return key
     rest = key[len(prefix) :]
@@ -32,13 +32,13 @@ def _layer_key(key: str, prefix: str, renames: dict[str, str], reverse: bool) ->
     if match is None:
         return key
     head = match.group(0)
-    table = {v: k for k, v in renames.items()} if reverse else renames
     return prefix + table.get(head, head) + rest[len(head) :]
 
 
 def attach_original_names(model: nn.Module, decoder: nn.Module, spec, mode: str) -> None:
     """Called by `apply_cqil`: state_dict / load_state_dict use the original names; config.cqil = the settings."""
     renames = _renames(spec)
+    originals = {v: k for k, v in renames.items()}
 
     def save_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
         if getattr(module, "_cqil_released", False):
@@ -46,12 +46,12 @@ def attach_original_names(model: nn.Module, decoder: nn.Module, spec, mode: str)
                 "this CQIL model released the layers its rank does not compute (distributed mode), so it cannot be "
                 "saved; save a model that holds every layer (sequential or fused mode)"
             )
-        items = [(_layer_key(k, prefix, renames, reverse=False), v) for k, v in state_dict.items()]
+        items = [(_layer_key(k, prefix, renames), v) for k, v in state_dict.items()]
         state_dict.clear()
         state_dict.update(items)
 
     def load_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        items = [(_layer_key(k, prefix, renames, reverse=True), v) for k, v in state_dict.items()]
+        items = [(_layer_key(k, prefix, originals), v) for k, v in state_dict.items()]
         state_dict.clear()
         state_dict.update(items)
 

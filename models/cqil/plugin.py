@@ -113,6 +113,12 @@ def attention_output(layer: nn.Module, hidden: Tensor, kwargs: dict) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def attentions_read(owned: Sequence[int], distance: int) -> list[int]:
+    """The members whose attention the `owned` members read with bypass distance `distance` (their own
+    and up to D before each)."""
+    return sorted({k for j in owned for k in range(max(0, j - distance), j + 1)})
+
+
 def member_deltas(
     members: Sequence[nn.Module], hidden: Tensor, kwargs: dict, distance: int, residual: bool, owned: Sequence[int] | None = None
 ) -> list[Tensor]:
@@ -123,8 +129,7 @@ def member_deltas(
     owned = range(len(members)) if owned is None else owned
     if distance == 0:
         return [layer_output(members[j], hidden, **kwargs) - hidden for j in owned]
-    read = sorted({k for j in owned for k in range(max(0, j - distance), j + 1)})
-    attn = {k: attention_output(members[k], hidden, kwargs) for k in read}
+    attn = {k: attention_output(members[k], hidden, kwargs) for k in attentions_read(owned, distance)}
     deltas = []
     for j in owned:
         bypass = sum((attn[k] for k in range(max(0, j - distance), j)), torch.zeros_like(hidden))
