@@ -1,7 +1,9 @@
 """The single entry point: `python run.py [group=option ...] [key=value ...]` (add -m to sweep).
 
 Hydra composes conf/ into one config; the task named by cfg.task.runner does the work; the run dir
-gets metrics.json, results.md, plots/ and checkpoints/. The return value is the sweep objective.
+gets metrics.json, results.md, plots/ and checkpoints/. The return value is the sweep objective; the
+exit status is 0, 2 for bad input (one line), or a completed run's own status (the largest over the
+jobs run in this process), e.g. 3 when a memorability batch had videos that failed.
 """
 
 # ruff: noqa: E402  (the imports below Hydra's start-up come after the --help check on purpose)
@@ -25,7 +27,7 @@ import experiments.core.provenance
 import experiments.core.quiet
 import experiments.core.resolvers  # noqa: F401  (registers ${wandb_offline:}, ${sweep_group:}, ${run_id:})
 from experiments.core.cli_errors import call_with_one_line_errors, task_started
-from experiments.core.runner import run_task
+from experiments.core.runner import final_exit_status, run_task
 
 experiments.core.quiet.install()
 experiments.core.provenance.remember_launch()  # a sweep's later jobs compare the tree on disk with this
@@ -39,3 +41,4 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     call_with_one_line_errors(main)
+    sys.exit(final_exit_status())  # 0, or a completed run's TaskResult.exit_status (e.g. 3: some videos failed)

@@ -26,6 +26,14 @@ from experiments.core.task import TaskResult
 from experiments.core.validation.config_check import check_key_ranges, check_targets, read_signature
 
 log = logging.getLogger(__name__)
+# TaskResult.exit_status of each run completed in this process (each job of a sweep with Hydra's default
+# launcher): run.py exits with the largest once every job is done.
+EXIT_STATUSES: list[int] = []
+
+
+def final_exit_status() -> int:
+    """The status run.py ends with: the largest exit_status of the runs in this process, 0 without any."""
+    return max(EXIT_STATUSES, default=0)
 
 
 def validate(cfg: DictConfig) -> Callable[[DictConfig, RunContext], TaskResult]:
@@ -143,6 +151,7 @@ def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
             ctx.close(status)
         if is_global_zero():
             print(result.table)  # last, after the loggers' own output: the table is what a person reads
+            EXIT_STATUSES.append(result.exit_status)
         return objective(cfg, result.metrics)
     except UserError as exc:
         exit_with_error(str(exc))

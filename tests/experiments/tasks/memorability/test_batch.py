@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 
 import data.videos
+import experiments.core.runner as runner_module
 import experiments.tasks.memorability.task as task_module
 import experiments.tasks.memorability.video as video_module
 from data.videos import write_video
 from experiments.core.runner import run_task
-from experiments.tasks.memorability.batch import FAILED_VIDEOS, exit_status
+from experiments.tasks.memorability.task import FAILED_VIDEOS
 from models.memorability.predictors import MemorabilityPredictor
 from tests.conftest import REPO, cli_env
 from tests.models.memorability.synthetic import moving_square
@@ -219,7 +220,7 @@ def test_broken_files_are_recorded_with_their_errors_and_the_batch_goes_on(
     assert [r["path"] for r in _rows(run / "artifacts" / "scores.csv")] == ["a.mp4", "b/c.mp4", "b/d/e.mp4", "f.mp4"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["batch/videos"], metrics["batch/videos_scored"], metrics["batch/videos_failed"]) == (9, 4, 5)
-    assert task_module.BATCH_FAILURES[-1] == 5 and exit_status(task_module.BATCH_FAILURES[-1:]) == FAILED_VIDEOS
+    assert runner_module.EXIT_STATUSES[-1] == FAILED_VIDEOS == 3
     assert (
         "9 files under" in (run / "results.md").read_text()
         and "5 failed (artifacts/failures.csv)" in (run / "results.md").read_text()
@@ -330,16 +331,17 @@ def test_a_killed_batch_resumes_where_it_stopped(folder: Path, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_the_batch_command_exit_status_counts_failed_videos(folder: Path, tmp_path: Path) -> None:
-    _finish(_start(tmp_path / "good", folder, STAND_IN, module=True), 0)
+def test_run_py_exits_3_when_videos_of_a_batch_failed(folder: Path, tmp_path: Path) -> None:
+    _finish(_start(tmp_path / "good", folder, STAND_IN), 0)
     (folder / "b" / "broken.mp4").write_text("not a video")
-    _finish(_start(tmp_path / "some", folder, STAND_IN, module=True), FAILED_VIDEOS)
+    _finish(_start(tmp_path / "some", folder, STAND_IN), FAILED_VIDEOS)
     assert "b/broken.mp4 failed, recorded in failures.csv" in (tmp_path / "some" / "run.log").read_text()
     assert (tmp_path / "some" / "metrics.json").is_file()  # the results are written all the same
-    _finish(_start(tmp_path / "plain", folder, STAND_IN), 0)  # run.py itself: the run completed
+    assert json.loads((tmp_path / "some" / "metrics.json").read_text())["batch/videos_failed"] == 1
+    _finish(_start(tmp_path / "module", folder, STAND_IN, module=True), FAILED_VIDEOS)  # the batch name: the same
     empty = tmp_path / "empty"
     empty.mkdir()
-    _, err = _finish(_start(tmp_path / "none", empty, STAND_IN, module=True), 2)
+    _, err = _finish(_start(tmp_path / "none", empty, STAND_IN), 2)
     assert err.strip().splitlines() == [
         f"error: {empty}: no file matches dataset.glob='**/*.mp4'; check the pattern (e.g. '**/*.mp4' recurses)"
     ]
