@@ -10,7 +10,10 @@ Grids (``grid``):
   labels too; + 1e-5 keeps a 0 label present in a sparse matrix. On ML-100K ~93 % of unrated cells
   agree, mostly on 0: this removes the attack and improves ranking but raises RMSE (see docs/tasks/recsys.md).
 - ``"rating"``: predictions clipped to the real grid 1..R before rounding, so every pseudo-label is a
-  real rating value (the variant the issue asks to offer as a switch).
+  real rating value.
+- ``"open_range"`` (the authors' pre-release versions, Dec 2021 - Jan 2022): a rounded value strictly
+  inside (0, R) is the label; every other agreed value (<= 0, and >= R, so R itself too) becomes the label
+  0 (+ 1e-5). Not a clamp: an agreed R is labelled 0.
 """
 
 from __future__ import annotations
@@ -18,15 +21,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-GRIDS = ("reference", "rating")
+GRIDS = ("reference", "rating", "open_range")
 
 
 def rounded(pred: Tensor, max_rating: float, grid: str) -> Tensor:
-    """Predictions (normalised) on the integer rating grid 0..R (reference) or 1..R (rating)."""
+    """Predictions (normalised) rounded to integer rating steps: unbounded (reference, open_range) or 1..R (rating).
+    open_range compares these unbounded steps too; its zeroing applies to the labels only (`label_steps`)."""
     if grid not in GRIDS:
         raise ValueError(f"grid={grid!r} must be one of {GRIDS}")
     steps = torch.round(pred * max_rating)  # round half to even, as numpy's np.round
     return steps.clamp(1, max_rating) if grid == "rating" else steps
+
+
+def label_steps(steps: Tensor, max_rating: float, grid: str) -> Tensor:
+    """The label (in rating steps) of agreed cells: open_range zeroes every step outside (0, R)."""
+    if grid == "open_range":
+        return torch.where((steps > 0) & (steps < max_rating), steps, torch.zeros_like(steps))
+    return steps
 
 
 def pseudo_labels(
@@ -48,7 +59,7 @@ def pseudo_labels(
     if keep_rate < 1.0:
         agree &= torch.rand(agree.shape, generator=generator) < keep_rate
     users, items = agree.nonzero(as_tuple=True)
-    labels = a[users, items] / max_rating
-    if grid == "reference":
+    labels = label_steps(a[users, items], max_rating, grid) / max_rating
+    if grid in ("reference", "open_range"):
         labels = labels + 1e-5
     return users, items, labels

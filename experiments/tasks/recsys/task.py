@@ -6,8 +6,9 @@ One job = one cell (attack, attack size, defence, model, data set, seed):
 2. the attack (`attack.method`) writes n_fake = round(attack.size x n_users) fake profiles of
    `attack.filler` filler items (default: average profile length - #targets) + targets rated R; a replay
    (`attack=file`) injects the profiles of a saved file instead, whose row count is n_fake;
-3. the defence (`defense.method`) trains 1 model (none, apr, noise) or 3 (tcd) on real + fake ratings
-   for `task.epochs` with a plain loop (models/recsys/training.py); model 0 is evaluated every epoch;
+3. the defence (`defense.method`) trains 1 model (none, apr, noise) or 3 (tcd, tcd_paper) on real + fake
+   ratings for `task.epochs` (or the defence's own `defense.epochs`, optimiser and reg) with a plain loop
+   (models/recsys/training.py); model 0 is evaluated every epoch;
 4. metrics.json: `test/*` at the last epoch (with the hit counts and, from a bootstrap over users
    (`task.bootstrap`), the target HR's interval), and `test_best_epoch/target_hr@50`, the target HR@50 at the
    epoch of minimum test RMSE (the reference's reading, 1.5-2x higher: an optimistic, test-chosen epoch).
@@ -245,12 +246,32 @@ def poison(
     return Poisoned(fake, matrix, rated, Samples(users, items, matrix[users, items] / data.max_rating))
 
 
+def model_config(cfg: DictConfig) -> DictConfig:
+    """`model` with the defence's own training settings: `defense.optimizer` replaces `model.optimizer` and
+    `defense.reg` replaces `model.network.reg` (a preset such as tcd_paper trains as the authors' early code)."""
+    model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    if cfg.defense.get("optimizer") is not None:
+        model.optimizer = OmegaConf.to_container(cfg.defense.optimizer, resolve=True)
+    if cfg.defense.get("reg") is not None:
+        if "reg" not in model.network:
+            raise UserError(f"defense.reg: model {cfg.model.name} has no network.reg to set; use model=recsys_mf")
+        model.network.reg = float(cfg.defense.reg)
+    return model
+
+
+def run_epochs(cfg: DictConfig) -> int:
+    """`defense.epochs` when the defence fixes its own (tcd_paper: 25), else `task.epochs`."""
+    epochs = cfg.defense.get("epochs")
+    return int(cfg.task.epochs if epochs is None else epochs)
+
+
 def build_loop(
     cfg: DictConfig, data: RatingData, n_users: int, n_models: int, generator: torch.Generator, state: dict[str, Any] | None
 ) -> Loop:
     """The defence's models and optimisers, restored from `state` when resuming."""
-    optimizer = instantiate(cfg.model.optimizer)  # a partial: each LightningModule builds its own
-    models = [instantiate(cfg.model.network)(n_users=n_users, n_items=data.n_items, optimizer=optimizer) for _ in range(n_models)]
+    model = model_config(cfg)
+    optimizer = instantiate(model.optimizer)  # a partial: each LightningModule builds its own
+    models = [instantiate(model.network)(n_users=n_users, n_items=data.n_items, optimizer=optimizer) for _ in range(n_models)]
     loop = Loop(models, [m.configure_optimizers() for m in models])
     if state is not None:
         for m, o, ms, os_ in zip(loop.models, loop.optimizers, state["models"], state["optimizers"]):
@@ -316,7 +337,7 @@ def train(
         watch=(data.n_users, torch.as_tensor(targets)),
     )
     if not loop.history:
-        raise UserError(f"task.epochs={cfg.task.epochs}: nothing was trained; set task.epochs >= 1")
+        raise UserError(f"{epochs} epochs: nothing was trained; set task.epochs (or defense.epochs) >= 1")
 
 
 def final_metrics(history: list[dict[str, float]], stats: LoopStats) -> dict[str, float]:
@@ -363,7 +384,7 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
         torch.set_num_threads(int(cfg.task.threads))
     data: RatingData = instantiate(cfg.dataset)
     targets = read_targets(cfg, data)
-    epochs = ctx.limit(int(cfg.task.epochs))
+    epochs = ctx.limit(run_epochs(cfg))
     attack = build_attack(cfg, ctx)
     defense = instantiate(cfg.defense.method)
     n_fake, n_filler = attack_shape(cfg, ctx, data, targets, attack)

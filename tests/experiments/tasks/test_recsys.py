@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from experiments.core.runner import run_task
 
@@ -106,6 +107,14 @@ def test_each_defense_runs(make_config, tmp_path, toy_root, defense) -> None:
     if defense == "tcd":
         assert 0 < metrics["train/target_pseudo_label_share"] <= 1
     assert 0 <= metrics["test/target_hr@10"] <= metrics["test/target_hr@20"] <= metrics["test/target_hr@50"] <= 1
+
+
+def test_tcd_paper_trains_its_own_epochs_and_labels_from_epoch_6(make_config, tmp_path, toy_root) -> None:
+    metrics, records = run(make_config, tmp_path, toy_root, "defense=tcd_paper", "attack=average", "task.limit=null")
+    assert records[0]["defense_name"] == "tcd_paper" and metrics["test/epoch"] == 25  # not task.epochs (40)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "recsys" / "last.ckpt", weights_only=False)
+    assert len(state["stats"]["pseudo_per_model"]) == 3 * (25 - 6)  # three models a labelled epoch, epochs 6..24
+    assert "exp_avg" not in state["optimizers"][0]["state"][0] and "m" in state["optimizers"][0]["state"][0]
 
 
 def test_neumf_with_tcd(make_config, tmp_path, toy_root) -> None:
