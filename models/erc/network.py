@@ -14,8 +14,10 @@ the choice of SDT (Ma et al. 2023, butterfliesss/SDT) is taken:
    variance heads and the reparameterisation trick give the coarse representation; KL to N(0, I).
    At evaluation the mean is used.
 4. Hierarchical distillation: the coarse (fused) head teaches every fine head (logit KL with
-   temperature, SDT's form) and a feature-consistency term pulls projected fine features toward the
-   coarse one.
+   temperature) and a feature-consistency term pulls projected fine features toward the coarse one.
+   `distillation_form` picks the KL (models.erc.losses.DISTILLATION_FORMS): CMATH's default is `hinton`
+   (T^2 * KL, teacher detached: knowledge flows from the coarse head down only); the symmetric
+   baseline's config sets `sdt`, SDT's own loss (plain KL, the teacher not detached).
 Our addition (`context_gru`: off in the class, on in conf/model/erc_cmath.yaml): a residual BiGRU over each modality's utterance
 sequence before the self-attention, to give the intra-modal encoder local order on small corpora
 (with frozen sentence features only, a plain transformer trails a BiGRU on IEMOCAP; see results/erc).
@@ -39,6 +41,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.erc.layers import DialoguePositions, Head, Stack
 from models.erc.losses import (
+    DISTILLATION_FORMS,
     distillation_kl,
     feature_consistency,
     gaussian_kl,
@@ -120,6 +123,7 @@ class CMATH(nn.Module):
         distillation: bool = True,
         symmetric: bool = False,
         temperature: float = 1.0,
+        distillation_form: str = "hinton",
         context_gru: bool = False,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
@@ -134,7 +138,9 @@ class CMATH(nn.Module):
         self.auxiliary = [m for m in modalities if m != central]
         self.use_reconstruction, self.use_cross = reconstruction, cross_modal and len(modalities) > 1
         self.use_variational, self.use_distillation, self.symmetric = variational, distillation, symmetric
-        self.temperature = float(temperature)
+        if distillation_form not in DISTILLATION_FORMS:
+            raise ValueError(f"distillation_form={distillation_form!r}: not one of {sorted(DISTILLATION_FORMS)}")
+        self.temperature, self.distillation_form = float(temperature), DISTILLATION_FORMS[distillation_form]
         self.loss_weights = {"ce": 1.0, "fine_ce": 1.0, "kd": 1.0, "feat": 0.1, "kl": 1e-3, "recon": 1.0, **(loss_weights or {})}
         self.reconstruction = ModalityReconstruction({m: dims[m] for m in modalities}, hidden, input_dropout)
         self.positions = DialoguePositions(hidden, num_speakers)
@@ -208,7 +214,10 @@ class CMATH(nn.Module):
         if self.loss_weights["fine_ce"]:
             terms["fine_ce"] = sum(masked_cross_entropy(fine, labels, mask, class_weight) for fine in out.fine_logits.values())
         if self.use_distillation:
-            terms["kd"] = sum(distillation_kl(fine, out.logits, mask, self.temperature) for fine in out.fine_logits.values())
+            terms["kd"] = sum(
+                distillation_kl(fine, out.logits, mask, self.temperature, self.distillation_form)
+                for fine in out.fine_logits.values()
+            )
             terms["feat"] = sum(feature_consistency(f, out.coarse, mask) for f in out.fine_features.values())
         if self.use_variational:
             terms["kl"] = gaussian_kl(out.mu, out.logvar, mask)

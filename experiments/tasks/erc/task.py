@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,7 @@ def shared_protocol(cfg: DictConfig) -> dict[str, Any]:
     """`erc.shared`: dotted model keys (lr, weight_decay, max_epochs, network.temperature, ...) set for every
     condition whose model has the key, so one experiment trains all its conditions under the same protocol."""
     node = (cfg.get("erc") or {}).get("shared")
-    shared = dict(OmegaConf.to_container(node, resolve=True)) if node else {}
+    shared = dict(_dotted(OmegaConf.to_container(node, resolve=True))) if node else {}
     conditions = (cfg.get("erc") or {}).get("conditions") or {}
     sources = {(spec or {}).get("model", "main") for spec in conditions.values() if spec is not None}
     nodes = [cfg.model if s == "main" else (cfg.erc.get("models") or {}).get(s) for s in sources]
@@ -78,6 +78,15 @@ def shared_protocol(cfg: DictConfig) -> dict[str, Any]:
         if not any(n is not None and OmegaConf.select(n, key, default="__absent__") != "__absent__" for n in nodes):
             raise UserError(f"erc.shared.{key}: no condition's model has this key; check its spelling")
     return shared
+
+
+def _dotted(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested keys as dotted ones (`+erc.shared.network.temperature=2` sets that key, not the whole `network`)."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def best_epoch_index(history: Sequence[dict[str, float]], key: str) -> int:

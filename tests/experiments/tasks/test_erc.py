@@ -194,6 +194,13 @@ def test_shared_keys_set_the_protocol_of_every_condition(make_config):
         condition_models(cfg)
 
 
+def test_a_nested_shared_key_sets_that_key_only(make_config):
+    """`+erc.shared.network.dropout=0.2` on the command line nests; it must not replace the whole network node."""
+    models = condition_models(make_config("experiment=erc_cmath_iemocap", "+erc.shared.network.dropout=0.2"))
+    assert {m.network.dropout for m in models.values()} == {0.2}
+    assert models["symmetric"].network.symmetric is True and models["cmath"].network.central == "text"
+
+
 def test_mosi_conditions_use_their_modalities_and_central_one(make_config):
     models = condition_models(make_config("experiment=erc_cmath_mosi"))
     assert models["cmath_central_audio"].network.central == "audio" and models["cmath_central_audio"].network.modalities is None
