@@ -55,9 +55,7 @@ CONTROL_METRICS = (
     "delta_vs_control_high_third_mean",
 )
 RELATIVE_COLUMNS = ["clip", "crop", "third", "original", "score", "centre", "random_mean", "control_mean", "delta"]
-# Failed videos of each crop run in this process (failures.csv rows, earlier attempts included): the batch
-# command (batch.py) turns them into its exit status.
-BATCH_FAILURES: list[int] = []
+FAILED_VIDEOS = 3  # exit status of a batch that completed with videos in failures.csv
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
@@ -350,18 +348,20 @@ def run(cfg: DictConfig, ctx: RunContext) -> TaskResult:
     fields = export_fields(ledger.exports.rows())
     counts = {"batch/videos": float(len(batch.sources)), "batch/videos_scored": float(len(rows))}
     metrics, records = crop_metrics(out, backend, counts | {"batch/videos_failed": float(len(failures))}, fields)
-    BATCH_FAILURES.append(len(failures))
     preface = batch_preface(batch, len(rows), failures, fields)
-    return TaskResult(metrics=metrics, table=crop_table(cfg, out, records, backend, preface), records=records)
+    table = crop_table(cfg, out, records, backend, preface)
+    return TaskResult(metrics=metrics, table=table, records=records, exit_status=FAILED_VIDEOS if failures else 0)
 
 
 def split_videos(count: int, test_fraction: float, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Random split by video: `test_fraction` held out, `val_fraction` of the rest for early stopping."""
-    for key, value in (("dataset.test_fraction", test_fraction), ("dataset.val_fraction", val_fraction)):
-        if not 0.0 < value < 1.0:
-            raise UserError(f"{key}={value} must be in (0, 1)")
+    """Random split by video: `test_fraction` held out (0: none, when an official test set is given),
+    `val_fraction` of the rest for early stopping."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise UserError(f"dataset.test_fraction={test_fraction} must be in [0, 1) (0 only with dataset.official_test)")
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"dataset.val_fraction={val_fraction} must be in (0, 1)")
     order = np.random.default_rng(seed).permutation(count)
-    n_test = max(1, round(count * test_fraction))
+    n_test = max(1, round(count * test_fraction)) if test_fraction > 0 else 0
     n_val = max(1, round((count - n_test) * val_fraction))
     if count - n_test - n_val < 2:
         raise UserError(f"{count} videos are too few for test_fraction={test_fraction}, val_fraction={val_fraction}")
@@ -374,15 +374,19 @@ def split_videos(count: int, test_fraction: float, val_fraction: float, seed: in
 
 @dataclass
 class CaptionInputs:
-    """Scored captions as arrays: token features, the mean embedding, caption-word features, the split."""
+    """Scored captions as arrays: token features, the mean embedding, caption-word features, the split.
+    Rows are the training file's videos, then the official test files' (`official`: their row indices,
+    empty without `dataset.official_test`)."""
 
-    data: Any  # data.memorability_scores.ScoredCaptions
+    data: Any  # data.memorability_scores.ScoredCaptions of the training file
     features: Any
     mask: Any
     means: np.ndarray
     words: np.ndarray
     y: np.ndarray
     split: dict[str, np.ndarray]
+    official_data: Any = None  # ScoredCaptions of dataset.official_test
+    official: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
     @property
     def inputs(self) -> np.ndarray:
@@ -393,24 +397,63 @@ class CaptionInputs:
     def train_val(self) -> np.ndarray:
         return np.concatenate([self.split["train"], self.split["val"]])
 
+    @property
+    def video_ids(self) -> list[str]:
+        return list(self.data.video_ids) + (list(self.official_data.video_ids) if self.official_data else [])
+
+    def evaluation_sets(self) -> dict[str, np.ndarray]:
+        """Where every model is scored: `test` (the random hold-out) and `official_test`, when not empty."""
+        sets = {"test": self.split["test"], "official_test": self.official}
+        return {name: rows for name, rows in sets.items() if len(rows)}
+
+
+def load_official_test(cfg: DictConfig, train: Any, limit: int | None) -> Any:
+    """`dataset.official_test` ({format, scores, captions, target}): another split's files in the official
+    layout (e.g. Memento10k's dev files), or None. Sharing videos with the training file is refused."""
+    from data.memorability_scores import load_scored_captions
+
+    node = cfg.dataset.get("official_test")
+    if node is None:
+        return None
+    missing = [key for key in ("format", "scores", "captions") if node.get(key) is None]
+    if missing:
+        raise UserError(
+            f"dataset.official_test lacks {', '.join(missing)}: give "
+            "dataset.official_test={format: memento10k, scores: <dev scores csv>, captions: <dev captions csv>}"
+        )
+    target = node.get("target") or cfg.dataset.target
+    data = load_scored_captions(node.format, node.scores, node.captions, target, limit=limit)
+    if node.format == cfg.dataset.format and set(data.video_ids) & set(train.video_ids):
+        shared = sorted(set(data.video_ids) & set(train.video_ids))
+        raise UserError(
+            f"dataset.official_test shares {len(shared)} videos with the training file (e.g. {shared[0]}): "
+            "point it at another split's files"
+        )
+    return data
+
 
 def load_caption_inputs(cfg: DictConfig, ctx: RunContext) -> CaptionInputs:
-    """Read the scored captions (debug=fast: a few hundred), encode them, split by video; word features
-    are fitted on the training videos only."""
+    """Read the scored captions (debug=fast: a few hundred) and the official test files if any, encode
+    them, split the training file by video; word features are fitted on the training videos only."""
     from data.caption_features import CaptionEncoder, caption_tensor, caption_words, mean_embedding
     from data.memorability_scores import load_scored_captions
 
     ds = cfg.dataset
     limit = ctx.limit(10**9) if cfg.task.get("limit") is not None else None
-    data = load_scored_captions(
-        ds.format, ds.scores, ds.captions, ds.target, limit=None if limit is None else max(limit * 50, 100)
-    )
-    features, mask = caption_tensor(CaptionEncoder(ds.cache_dir, batch_size=ds.encode_batch_size), data.captions)
+    limit = None if limit is None else max(limit * 50, 100)
+    data = load_scored_captions(ds.format, ds.scores, ds.captions, ds.target, limit=limit)
+    official_data = load_official_test(cfg, data, limit)
+    if float(ds.test_fraction) == 0 and official_data is None:
+        raise UserError("dataset.test_fraction=0 leaves nothing to test on: give dataset.official_test or a fraction in (0, 1)")
+    captions = list(data.captions) + (list(official_data.captions) if official_data else [])
+    features, mask = caption_tensor(CaptionEncoder(ds.cache_dir, batch_size=ds.encode_batch_size), captions)
     split = split_videos(len(data.scores), ds.test_fraction, ds.val_fraction, int(ds.split_seed))
-    means, y = mean_embedding(features, mask), data.scores
+    y = np.concatenate([data.scores, official_data.scores if official_data else np.zeros(0)])
+    official = np.arange(len(data.scores), len(y))
+    means = mean_embedding(features, mask)
     words_cfg = cfg.model.get("word_features")
-    words = caption_words(data.captions, split["train"], **words_cfg) if words_cfg else np.zeros((len(y), 0), np.float32)
-    return CaptionInputs(data, features, mask, means, words, y, split)
+    words = caption_words(captions, split["train"], **words_cfg) if words_cfg else np.zeros((len(y), 0), np.float32)
+    return CaptionInputs(data, features, mask, means, words, y, split, official_data, official)
 
 
 def fit_ridges(cfg: DictConfig, c: CaptionInputs) -> tuple[Any, Any]:
@@ -419,6 +462,29 @@ def fit_ridges(cfg: DictConfig, c: CaptionInputs) -> tuple[Any, Any]:
     ridge = instantiate(cfg.model.ridge).fit(c.means[c.train_val], c.y[c.train_val])
     ridge_inputs = instantiate(cfg.model.ridge).fit(c.inputs[c.train_val], c.y[c.train_val]) if c.words.shape[1] else ridge
     return ridge, ridge_inputs
+
+
+PREDICTOR_INPUTS = ("means", "inputs")
+
+
+def check_predictors(cfg: DictConfig) -> None:
+    """Before any encoding: each of `model.predictors` names its input and an estimator."""
+    for name, node in (cfg.model.get("predictors") or {}).items():
+        if node.get("input") not in PREDICTOR_INPUTS:
+            raise UserError(f"model.predictors.{name}.input={node.get('input')!r} must be one of {', '.join(PREDICTOR_INPUTS)}")
+        if node.get("estimator") is None or "_target_" not in node.estimator:
+            raise UserError(f"model.predictors.{name}.estimator needs a _target_, e.g. sklearn.linear_model.BayesianRidge")
+
+
+def fit_predictors(cfg: DictConfig, c: CaptionInputs) -> dict[str, Any]:
+    """`model.predictors`: name -> {input, estimator}, any estimator with sklearn's fit / predict (the
+    paper's BayesianRidge), fitted on train + val; name -> a function of row indices to predictions."""
+    fitted = {}
+    for name, node in (cfg.model.get("predictors") or {}).items():
+        features = c.means if node.input == "means" else c.inputs
+        estimator = instantiate(node.estimator).fit(features[c.train_val], c.y[c.train_val])
+        fitted[str(name)] = lambda rows, e=estimator, x=features: np.asarray(e.predict(x[rows]), float)
+    return fitted
 
 
 def fit_regressor(cfg: DictConfig, ctx: RunContext, c: CaptionInputs) -> Any:
@@ -438,7 +504,7 @@ def fit_regressor(cfg: DictConfig, ctx: RunContext, c: CaptionInputs) -> Any:
         start = instantiate(cfg.model.ridge).fit(inputs[c.split["train"]], c.y[c.split["train"]])
         module.init_linear(start.model.coef_, start.model.intercept_)
     datamodule = CaptionDataModule(
-        {k: (c.features[v], c.mask[v], c.y[v], c.words[v]) for k, v in c.split.items()},
+        {k: (c.features[v], c.mask[v], c.y[v], c.words[v]) for k, v in c.split.items() if len(v)},
         batch_size=cfg.dataset.batch_size,
         subsample=bool(cfg.model.caption_subsample),
         seed=cfg.seed,
@@ -448,67 +514,90 @@ def fit_regressor(cfg: DictConfig, ctx: RunContext, c: CaptionInputs) -> Any:
     return LitPredictor(module)
 
 
+def write_predictions(ctx: RunContext, c: CaptionInputs, name: str, rows: np.ndarray, predictions: dict[str, np.ndarray]) -> None:
+    """artifacts/<set>_predictions.csv: video_id, the ground-truth score, each model's prediction (the
+    file the scoring mode reads: experiment=memorability_score_predictions)."""
+    ids = c.video_ids
+    table = [
+        {"video_id": ids[j], "score": c.y[j], **{model: values[i] for model, values in predictions.items()}}
+        for i, j in enumerate(rows)
+    ]
+    ctx.write_artifact(f"{name}_predictions.csv", _csv(table, ["video_id", "score", *predictions]))
+
+
 def run_train_captions(cfg: DictConfig, ctx: RunContext) -> TaskResult:
-    """Ridge baseline on mean caption embeddings; Lightning regressor on [mean embedding, caption words]
-    (and, for comparison, a ridge on the regressor's own inputs); Spearman on held-out videos."""
+    """Ridge baseline on mean caption embeddings; Lightning regressor on [mean embedding, caption words];
+    a ridge on the regressor's own inputs and `model.predictors` (BayesianRidge) for comparison; Spearman
+    on held-out videos (`test`) and on another split given by path (`official_test`)."""
     from models.memorability.predictors import spearman
 
-    ds = cfg.dataset
+    check_predictors(cfg)
     c = load_caption_inputs(cfg, ctx)
-    test, val = c.split["test"], c.split["val"]
+    val = c.split["val"]
     ridge, ridge_inputs = fit_ridges(cfg, c)
-    ridge_predictions = ridge.predict(c.means[test])
-    ridge_test = spearman(ridge_predictions, c.y[test])
-    ridge_inputs_test = spearman(ridge_inputs.predict(c.inputs[test]), c.y[test])
     predictor = fit_regressor(cfg, ctx, c)
+    models = {
+        "ridge": lambda rows: ridge.predict(c.means[rows]),
+        "ridge_inputs": lambda rows: ridge_inputs.predict(c.inputs[rows]),
+        "regressor": lambda rows: predictor.predict(c.inputs[rows]),
+        **fit_predictors(cfg, c),
+    }
     val_rho = spearman(predictor.predict(c.inputs[val]), c.y[val])
-    regressor_predictions = predictor.predict(c.inputs[test])
-    test_rho = spearman(regressor_predictions, c.y[test])
-
-    ctx.write_artifact(
-        "test_predictions.csv",
-        _csv(
-            [
-                {"video_id": c.data.video_ids[j], "score": c.y[j], "ridge": r, "regressor": p}
-                for j, r, p in zip(test, ridge_predictions, regressor_predictions)
-            ],
-            ["video_id", "score", "ridge", "regressor"],
-        ),
-    )
-    metrics = {
-        "regressor/test_spearman": test_rho,
-        "ridge/test_spearman": ridge_test,
-        "regressor/val_spearman": val_rho,
-        "ridge_inputs/test_spearman": ridge_inputs_test,
+    metrics: dict[str, float] = {"regressor/val_spearman": val_rho}
+    rhos: dict[str, dict[str, float]] = {name: {} for name in models}
+    for set_name, rows in c.evaluation_sets().items():
+        predictions = {name: np.asarray(predict(rows), float) for name, predict in models.items()}
+        for name, values in predictions.items():
+            rhos[name][set_name] = metrics[f"{name}/{set_name}_spearman"] = spearman(values, c.y[rows])
+        write_predictions(ctx, c, set_name, rows, predictions)
+    metrics |= {
         "ridge/alpha": float(ridge.alpha),
         "ridge/cv_spearman": float(ridge.cv_spearman),
         "data/train_videos": len(c.split["train"]),
         "data/val_videos": len(val),
-        "data/test_videos": len(test),
+        "data/test_videos": len(c.split["test"]),
         "data/word_features": c.words.shape[1],
         "data/regressor_inputs": predictor.module.hparams.in_features,
     }
+    if len(c.official):
+        metrics["data/official_test_videos"] = len(c.official)
     records = [
-        {"condition": "ridge", "seed": cfg.seed, "test_spearman": ridge_test},
-        {"condition": "ridge_inputs", "seed": cfg.seed, "test_spearman": ridge_inputs_test},
-        {"condition": "regressor", "seed": cfg.seed, "test_spearman": test_rho, "val_spearman": val_rho},
+        {
+            "condition": name,
+            "seed": cfg.seed,
+            **{f"{s}_spearman": rho for s, rho in rhos[name].items()},
+            **({"val_spearman": val_rho} if name == "regressor" else {}),
+        }
+        for name in models
     ]
-    table = (
-        f"{ds.name}: {len(c.data.scores)} videos ({len(c.split['train'])} train / {len(val)} val / "
-        f"{len(test)} test, split by video, seed {ds.split_seed}) -> {ds.target} score; Spearman on "
-        f"held-out videos. Ridge: mean MiniLM caption embedding; regressor and ridge_inputs: that mean plus "
-        f"{c.words.shape[1]} caption-word TF-IDF features.\n\n"
-        + _table(
-            [
-                {"model": f"ridge (alpha {ridge.alpha:g})", "test_spearman": ridge_test, "val_spearman": float("nan")},
-                {
-                    "model": f"ridge_inputs (alpha {ridge_inputs.alpha:g})",
-                    "test_spearman": ridge_inputs_test,
-                    "val_spearman": float("nan"),
-                },
-                {"model": "regressor", "test_spearman": test_rho, "val_spearman": val_rho},
-            ],
-            ["model", "test_spearman", "val_spearman"],
-        )
+    return TaskResult(metrics=metrics, table=caption_table(cfg, c, ridge, ridge_inputs, rhos, val_rho), records=records)
+
+
+def caption_table(
+    cfg: DictConfig, c: CaptionInputs, ridge: Any, ridge_inputs: Any, rhos: dict[str, dict[str, float]], val_rho: float
+) -> str:
+    """results.md: the data, then each model's Spearman on each evaluation set."""
+    ds = cfg.dataset
+    test, official = len(c.split["test"]), len(c.official)
+    text = (
+        f"{ds.name}: {len(c.data.scores)} videos ({len(c.split['train'])} train / {len(c.split['val'])} val / "
+        f"{test} test, split by video, seed {ds.split_seed}) -> {ds.target} score. Ridge: mean MiniLM caption "
+        f"embedding; regressor and ridge_inputs: that mean plus {c.words.shape[1]} caption-word TF-IDF features."
     )
-    return TaskResult(metrics=metrics, table=table, records=records)
+    if official:
+        node = ds.official_test
+        text += (
+            f" official_test: {official} videos of {node.scores} ({node.format}, "
+            f"{node.get('target') or ds.target} score), models fitted on train + val of the file above."
+        )
+    labels = {"ridge": f"ridge (alpha {ridge.alpha:g})", "ridge_inputs": f"ridge_inputs (alpha {ridge_inputs.alpha:g})"}
+    sets = list(c.evaluation_sets())
+    rows = [
+        {
+            "model": labels.get(name, name),
+            **{f"{s}_spearman": by_set[s] for s in sets},
+            "val_spearman": val_rho if name == "regressor" else float("nan"),
+        }
+        for name, by_set in rhos.items()
+    ]
+    return text + "\n\n" + _table(rows, ["model", *(f"{s}_spearman" for s in sets), "val_spearman"])
