@@ -23,7 +23,7 @@ KEYS = {
     "test/loo_hr@10",
     "test_best_epoch/target_hr@50",
 }
-ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack"]
+ATTACKS = ["none", "random", "average", "bandwagon", "gradient", "coattack", "gcoattack", "pga"]
 DEFENSES = ["none", "apr", "noise", "tcd"]
 
 
@@ -79,6 +79,8 @@ def test_each_attack_runs_with_the_issue_keys(make_config, tmp_path, toy_root, a
     extra = [f"attack={attack}", "defense=none"]
     if attack in ("gradient", "coattack", "gcoattack"):
         extra += ["attack.method.dim=8", "attack.method.batch_size=256"]
+    if attack == "pga":
+        extra += ["attack.method.dim=4", "attack.method.steps=3"]
     metrics, records = run(make_config, tmp_path, toy_root, *extra)
     assert KEYS <= set(metrics)
     assert records[0]["attack_name"] == attack and records[0]["defense_name"] == "none"
