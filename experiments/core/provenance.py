@@ -1,5 +1,5 @@
 """What produced a run dir: the project's commit (and its diff when the tree was dirty), Python and
-package versions, the host and, under SLURM, the job id. Written to `provenance.json` in every run dir
+package versions, the host and, under SLURM, the job id and node. Written to `provenance.json` in every run dir
 and logged to W&B as config, so a result can be traced to the code that computed it.
 
 A local sweep runs all its jobs in one process: the Python modules are those imported at its start,
@@ -117,5 +117,6 @@ def collect() -> dict[str, Any]:
         "packages": {name: _version(name) for name in PACKAGES if _version(name) is not None},
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "slurm_node": os.environ.get("SLURMD_NODENAME"),  # the node SLURM ran this attempt on
         "command": " ".join(sys.argv),
     }

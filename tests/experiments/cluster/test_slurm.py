@@ -324,8 +324,6 @@ def test_ddp_over_two_srun_tasks_equals_ddp_spawn_with_two_processes(slurm_clust
     assert metrics(tmp_path / "slurm" / "0") == metrics(tmp_path / "spawn")
 
 
-@pytest.mark.slurm
-@pytest.mark.slow
 def checkpoint_epoch(run_dir: Path) -> int:
     """The epoch of the run's newest epoch-end `last.ckpt` (-1 when there is none yet)."""
     import torch
@@ -334,6 +332,8 @@ def checkpoint_epoch(run_dir: Path) -> int:
     return int(torch.load(found[-1], map_location="cpu", weights_only=False)["epoch"]) if found else -1
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
 @pytest.mark.timeout(0)  # bounded by attempts instead: submitit gives up after max_num_timeout requeues
 def test_a_time_out_is_requeued_by_submitit_and_resumes(slurm_cluster, tmp_path: Path) -> None:
     """timeout_min=1: SLURM sends USR2 signal_delay_s before the limit, submitit requeues the job itself
