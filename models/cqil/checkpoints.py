@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from common.files import require_file, writable_dir
+from common.files import atomic_write_dir, require_file, writable_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -125,7 +125,7 @@ def load_llama2c(checkpoint: str, tokenizer: str, cache_dir: str) -> LanguageMod
     tok = Llama2cTokenizer(tokenizer)
     out = cache_dir_for(cache_dir) / f"{source.stem}_hf"
     if not (out / "config.json").is_file():
-        convert(source, out)
+        atomic_write_dir(out, lambda tmp: convert(source, tmp), keep_existing=not out.exists())
     model = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     return LanguageModel(model, lambda text: tok.encode(text, bos=False), tok.decode, 1)
 

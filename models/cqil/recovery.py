@@ -18,9 +18,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.files import atomic_write_dir
 from models.cqil.analysis import layers_to_remove, remove_layers, restore_layers
 from models.cqil.plugin import CQILSpec, apply_cqil, cqil_spec, decoder_of, remove_cqil
 
@@ -203,26 +201,6 @@ def apply_layout(model: nn.Module, layout: dict[str, Any]) -> None:
         raise ValueError(f"not a CQIL layout: {layout}")
 
 
-def write_dir_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Let `write(tmp_dir)` fill a hidden folder beside `path`, then rename it into place (replacing an
-    older folder of that name): a reader never sees a half-written folder under `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        write(tmp)
-        if path.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, aside / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(aside)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
 def adapted_layers(model: nn.Module) -> list[int]:
     """Indices in the decoder's current layer list of the layers that carry LoRA adapters."""
     from peft.tuners.lora import LoraLayer
@@ -265,4 +243,4 @@ def save_recovered(peft_model: nn.Module, path: Path, how: str, layout: dict[str
             copy.deepcopy(peft_model).merge_and_unload().save_pretrained(str(tmp))
         (tmp / LAYOUT_FILE).write_text(json.dumps(layout, indent=1) + "\n")
 
-    return write_dir_atomically(path, write)
+    return atomic_write_dir(path, write)

@@ -28,7 +28,6 @@ from models.cqil.recovery import (
     recover,
     recovery_settings,
     save_recovered,
-    write_dir_atomically,
 )
 from tests.models.cqil.tiny import tiny_llama
 
@@ -199,17 +198,3 @@ def test_saving_refuses_while_the_layout_is_applied(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="undo CQIL"):
         save_recovered(peft_model, tmp_path / "a", "adapters", {"cqil": {}})
     assert not (tmp_path / "a").exists()
-
-
-def test_a_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
-    def fail(tmp: Path) -> None:
-        (tmp / "half").write_text("x")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        write_dir_atomically(tmp_path / "out", fail)
-    assert list(tmp_path.iterdir()) == []  # no folder, no temporary left behind
-    write_dir_atomically(tmp_path / "out", lambda tmp: (tmp / "old").write_text("1"))
-    write_dir_atomically(tmp_path / "out", lambda tmp: (tmp / "new").write_text("2"))
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["new"]  # an older folder is replaced whole
