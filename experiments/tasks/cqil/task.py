@@ -42,6 +42,7 @@ from models.cqil.analysis import (
 )
 from models.cqil.evaluate import agreement, greedy_tokens, perplexity, time_variants
 from models.cqil.plugin import CQILSpec, apply_cqil, decoder_of, remove_cqil
+from models.cqil.shm import DEFAULT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 SETTING_KEYS = {"p", "s", "e", "d"}
@@ -53,6 +54,14 @@ def bypass_residual(cfg: DictConfig) -> bool:
     if not isinstance(value, bool):
         raise UserError(f"cqil.bypass_residual={value!r}: must be true or false")
     return value
+
+
+def timeout_s(cfg: DictConfig) -> float:
+    """`cqil.timeout_s`: how long a distributed rank waits for a peer before the job stops in one line."""
+    value = cfg.cqil.get("timeout_s", DEFAULT_TIMEOUT_S)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise UserError(f"cqil.timeout_s={value!r}: must be a number of seconds > 0")
+    return float(value)
 
 
 def parse_settings(nodes: Any, residual: bool, key: str = "cqil.settings") -> list[CQILSpec]:
@@ -179,7 +188,16 @@ def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) 
         raw_specs = [dataclasses.asdict(s) for s in specs]  # every field, bypass_residual included
         job = functools.partial(distributed_latency_job, loader, raw_specs, prompt, dict(lat), mode)
         comm = DISTRIBUTED_LATENCY_MODES[mode]
-        table.update(spawn(job, world_size=int(lat.world_size), threads=RANK_THREADS, comm=comm, shm_capacity=capacity))
+        table.update(
+            spawn(
+                job,
+                world_size=int(lat.world_size),
+                threads=RANK_THREADS,
+                comm=comm,
+                shm_capacity=capacity,
+                timeout_s=timeout_s(cfg),
+            )
+        )
     return table
 
 
@@ -349,6 +367,7 @@ def check_recovery_save(cfg: DictConfig) -> str:
 def check_config(cfg: DictConfig) -> None:
     """Refuse bad keys before the model loads and the grid runs, not minutes later."""
     bypass_residual(cfg)
+    timeout_s(cfg)
     check_latency_config(cfg)
     if cfg.cqil.recovery.enabled:
         check_recovery_save(cfg)
@@ -571,7 +590,7 @@ def score_on_ranks(cfg: DictConfig) -> dict[str, Any]:
 
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    if init_from_env():
+    if init_from_env(timeout_s=timeout_s(cfg)):
         import torch.distributed as dist
 
         return distributed_scores(container, dist.get_rank(), dist.get_world_size())
@@ -579,6 +598,7 @@ def score_on_ranks(cfg: DictConfig) -> dict[str, Any]:
         functools.partial(distributed_scores, container),
         world_size=int(cfg.cqil.world_size),
         threads=int(cfg.cqil.threads_per_rank),
+        timeout_s=timeout_s(cfg),
     )
 
 

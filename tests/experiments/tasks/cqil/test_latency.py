@@ -13,6 +13,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 import experiments.tasks.cqil.task as task
 import models.cqil.distributed
 import models.cqil.evaluate as evaluate
+from common.errors import UserError
 from experiments.core.run_context import RunContext
 from models.cqil.plugin import CQILSpec, apply_cqil, decoder_of
 from tests.experiments.tasks.cqil.tiny_task import inline_spawn, tiny_lm, tiny_task_config
@@ -107,3 +108,27 @@ def test_the_results_table_shows_both_ratios_per_mode() -> None:
         ["cqil_p2_s4_e28", "distributed_shm", "0.600", "0.700", "1.100", "–", "–"],
     ]
     assert len(task.LATENCY_HEADER) == len(rows[0])
+
+
+def test_the_configured_timeout_reaches_every_spawned_job(make_config, tmp_path, fake_clock, monkeypatch) -> None:
+    """`cqil.timeout_s` bounds how long a rank waits for a peer, in the latency stage and distributed scoring."""
+    seen = []
+
+    def recording_spawn(job, world_size, threads=1, **kwargs):
+        seen.append(kwargs.get("timeout_s"))
+        return inline_spawn(job, world_size, threads)
+
+    monkeypatch.setattr(models.cqil.distributed, "spawn", recording_spawn)
+    cfg = tiny_task_config(make_config, tmp_path, "cqil.timeout_s=7")
+    task.measure_latency(cfg, RunContext(cfg, tmp_path / "run"), tiny_lm(), 4, task.Results())
+    assert seen == [7.0, 7.0]  # distributed over gloo and over shared memory
+    monkeypatch.setattr(task, "distributed_scores", lambda container, rank, world: {})
+    task.score_on_ranks(tiny_task_config(make_config, tmp_path, "cqil.mode=distributed", "cqil.timeout_s=3.5"))
+    assert seen[-1] == 3.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "abc", "true"])
+def test_a_timeout_that_is_not_positive_seconds_is_refused_naming_the_key(make_config, tmp_path, value) -> None:
+    cfg = tiny_task_config(make_config, tmp_path, f"cqil.timeout_s={value}")
+    with pytest.raises(UserError, match=r"^cqil\.timeout_s=.*: must be a number of seconds > 0$"):
+        task.check_config(cfg)
