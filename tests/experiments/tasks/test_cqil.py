@@ -45,6 +45,23 @@ def test_experiments_compose(make_config):
     assert make_config("task=cqil").task.runner == "experiments.tasks.cqil.task.run"
 
 
+def test_every_distributed_experiment_names_its_ranks(make_config, monkeypatch):
+    """`mode=distributed` from plain run.py spawns `cqil.world_size` ranks of `cqil.threads_per_rank`
+    threads: every config group that can be put in that mode names both."""
+    import experiments.tasks.cqil.task as task
+    import models.cqil.distributed
+
+    seen = []
+    monkeypatch.setattr(models.cqil.distributed, "init_from_env", lambda **kwargs: False)
+    monkeypatch.setattr(
+        models.cqil.distributed, "spawn", lambda job, world_size, threads, **kwargs: seen.append((world_size, threads))
+    )
+    task.score_on_ranks(make_config("experiment=cqil_distributed", "hydra.mode=RUN"))
+    task.score_on_ranks(make_config("task=cqil", "cqil.mode=distributed"))
+    task.score_on_ranks(make_config("task=cqil", "model=cqil_stories260k", "cqil=stories260k", "cqil.mode=distributed"))
+    assert seen == [(2, 1), (2, 1), (2, 1)]
+
+
 @pytest.mark.slow
 def test_stories260k_run_writes_the_issue_keys(make_config, tmp_path, data_dir):
     cfg = make_config("task=cqil", *SMALL)
