@@ -63,6 +63,14 @@ export SLURM_CONF="$CONF"
 say() { echo "slurm_local: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
+# One start or stop at a time on this machine (the clusters share munged; test workers may start at once).
+# The daemons are started without fd 9, so the lock ends with this script.
+serialise() {
+    command -v flock >/dev/null || return 0
+    exec 9>"${TMPDIR:-/tmp}/fivefold-slurm.lock"
+    flock -w 900 9 || die "another slurm_local.sh start/stop held ${TMPDIR:-/tmp}/fivefold-slurm.lock for 15 minutes"
+}
+
 need_root() {
     [[ $(id -u) -eq 0 ]] || die "must run as root (it installs packages and starts munged, slurmctld, slurmd as root)"
 }
@@ -182,9 +190,9 @@ start_munge() {
         dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; \
         chown munge:munge /etc/munge/munge.key; chmod 0400 /etc/munge/munge.key; }
     if id munge >/dev/null 2>&1; then
-        runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+        runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid 9>&-
     else
-        /usr/sbin/munged --force --pid-file=/run/munge/munged.pid
+        /usr/sbin/munged --force --pid-file=/run/munge/munged.pid 9>&-
     fi
     echo started >"$DIR/munged.ours"
     for _ in $(seq 30); do
@@ -279,10 +287,10 @@ start_slurmd() {
     local i="$1" name="${NODE_NAMES[$(($1 - 1))]}"
     alive "$(slurmd_pidfile "$name")" && return 0
     if [[ $NODES -eq 1 ]]; then
-        /usr/sbin/slurmd -f "$CONF" -N "$name" || die "slurmd did not start (log: $(slurmd_log "$name"))"
+        /usr/sbin/slurmd -f "$CONF" -N "$name" 9>&- || die "slurmd did not start (log: $(slurmd_log "$name"))"
     else
         # nsenter, not `ip netns exec`: that remounts /sys, and slurmd needs the host's /sys/fs/cgroup.
-        nsenter --net="/run/netns/$name" unshare --uts sh -c 'hostname "$1" && exec /usr/sbin/slurmd -f "$2" -N "$1"' sh "$name" "$CONF" \
+        nsenter --net="/run/netns/$name" unshare --uts sh -c 'hostname "$1" && exec /usr/sbin/slurmd -f "$2" -N "$1"' sh "$name" "$CONF" 9>&- \
             || die "slurmd of $name did not start (log: $(slurmd_log "$name"))"
     fi
 }
@@ -317,6 +325,7 @@ stop_slurmds() {
 
 cmd_start() {
     need_root
+    serialise
     mkdir -p "$DIR"
     cmd_install
     CONF_CHANGED=0
@@ -334,7 +343,7 @@ cmd_start() {
     for _ in $(seq 60); do
         scontrol ping 2>/dev/null | grep -q "UP" && break
         if ! alive "$DIR/slurmctld.pid"; then
-            /usr/sbin/slurmctld -f "$CONF" || die "slurmctld did not start (log: $DIR/log/slurmctld.log)"
+            /usr/sbin/slurmctld -f "$CONF" 9>&- || die "slurmctld did not start (log: $DIR/log/slurmctld.log)"
         fi
         sleep 1
     done
@@ -357,6 +366,7 @@ other_cluster_alive() {
 
 cmd_stop() {
     need_root
+    serialise
     stop_slurmds
     stop_pidfile "$DIR/slurmctld.pid" slurmctld
     [[ $NODES -eq 1 ]] || remove_network
@@ -391,7 +401,7 @@ case "$COMMAND" in
     install) mkdir -p "$DIR"; cmd_install ;;
     start) cmd_start ;;
     stop) cmd_stop ;;
-    restart) cmd_stop; cmd_start ;;
+    restart) (cmd_stop); cmd_start ;;
     status) cmd_status ;;
     env) echo "export SLURM_CONF=$CONF" ;;
     *) echo "usage: $0 install|start|stop|restart|status|env [--nodes N]   (state in $DIR)" >&2; exit 64 ;;

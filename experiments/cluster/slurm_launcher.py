@@ -9,6 +9,10 @@ read from `squeue` where the cluster keeps no accounting.
 - submitit polls `sacct`, which fails on clusters without accounting storage (a workstation's single
   node, scripts/slurm_local.sh): submitit then warned on every poll and could never see a job die. Such
   clusters are polled with `squeue --states=all` instead; finished jobs stay there for `MinJobAge`.
+- Multi-node launches (experiments/cluster/multinode.py): node and task counts that do not make the
+  trainer's world are refused at submission; in the job, every task checks its SLURM allocation and its
+  way to the rendezvous address before training, and srun ends the other tasks when one fails
+  (`--kill-on-bad-exit`), so a broken rank ends the job instead of leaving its peers waiting.
 """
 
 from __future__ import annotations
@@ -20,17 +24,20 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra.core.utils import JobReturn, filter_overrides, setup_globals
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import OmegaConf
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-from common.errors import exit_with_error
+from common.errors import exit_with_error, print_error
+from experiments.cluster.multinode import check_task, launch_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,23 @@ SBATCH_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"node configuration", ("cpus_per_task", "tasks_per_node", "nodes", "mem_gb")),
     (r"constraint|feature", ("constraint",)),
 )
+
+
+# Keys of this launcher that are not submitit's: read here, never passed to sbatch.
+OWN_KEYS = frozenset({"rendezvous_timeout_s"})
+
+
+@dataclass
+class FivefoldSlurmQueueConf(SlurmQueueConf):
+    """submitit's SLURM keys, plus the rendezvous time-out and srun's arguments."""
+
+    # Seconds a rank > 0 tries to reach MASTER_ADDR:MASTER_PORT before the job fails in one line.
+    rendezvous_timeout_s: float = 1800.0
+    # One failed task ends the others (DDP peers would wait for it until their own time-out).
+    srun_args: list[str] = field(default_factory=lambda: ["--kill-on-bad-exit=1"])
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="fivefold_slurm_schema", node=FivefoldSlurmQueueConf)
 
 
 def sbatch_refusal(stderr: str, params: dict[str, Any]) -> str:
@@ -71,12 +95,22 @@ STILL_QUEUED = frozenset(
 )
 
 
+def task_logs(job: Any) -> list[Path]:
+    """The stderr files of a job's tasks, task 0 first (a multi-task job writes one per srun task)."""
+    stderr = getattr(job.paths, "stderr", None)
+    if stderr is None:
+        return []
+    stderr = Path(stderr)
+    others = sorted(stderr.parent.glob(f"{job.job_id}_*_log.err"), key=lambda p: p.name != stderr.name)
+    return others or [stderr]
+
+
 def job_failure(job: Any, error: BaseException) -> str:
-    """The failed job's own `error:` line when it printed one (a UserError), else the exception's last line."""
+    """The failed job's own `error:` line when a task printed one (a UserError), else the exception's last line."""
     texts = [str(error)]
-    for path in (getattr(job.paths, "stderr", None),):
+    for path in task_logs(job):
         with contextlib.suppress(OSError, TypeError):
-            texts.append(Path(path).read_text(errors="replace"))
+            texts.append(path.read_text(errors="replace"))
     found = [line.strip() for text in texts for line in text.splitlines() if line.strip().startswith("error: ")]
     if found:
         reason = found[-1][len("error: ") :]
@@ -145,7 +179,12 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
         assert self.config is not None and job_overrides
         use_status_watcher()
-        init_keys = {"max_num_timeout", "submitit_folder"}
+        trainer = self.config.get("trainer")
+        if trainer is not None:
+            mismatch = launch_mismatch(trainer.num_nodes, trainer.devices, self.params["nodes"], self.params["tasks_per_node"])
+            if mismatch:
+                exit_with_error(mismatch)
+        init_keys = {"max_num_timeout", "submitit_folder", *OWN_KEYS}
         try:
             executor = submitit.AutoExecutor(
                 cluster=self._EXECUTOR,
@@ -189,3 +228,24 @@ class SlurmLauncher(SubmititSlurmLauncher):
             except UncompletedJobError as exc:
                 exit_with_error(job_failure(job, exc))
         return results
+
+    def __call__(
+        self,
+        sweep_overrides: list[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: dict[type, Singleton],
+    ) -> JobReturn:
+        """In each SLURM task: the multi-node checks on this job's own config, then the job."""
+        assert self.hydra_context is not None and self.config is not None
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(sweep_overrides))
+        if config.get("trainer") is not None:
+            problem = check_task(config.trainer, float(self.params.get("rendezvous_timeout_s", 1800.0)))
+            if problem:
+                print_error(problem)  # the line job_failure() finds in this task's stderr
+                sys.stderr.flush()
+                raise SystemExit(2)
+        return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)

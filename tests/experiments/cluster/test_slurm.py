@@ -25,6 +25,8 @@ from experiments.cluster.slurm_launcher import StatusWatcher, sbatch_refusal
 from tests.conftest import REPO, cli_env, compose_config
 
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
+# One xdist worker runs every test of the local clusters (they share munged and the machine).
+pytestmark = pytest.mark.xdist_group("slurm")
 SLURM = ("hydra/launcher=slurm",)
 TINY = ("task.num_seeds=2", "logger=csv", "trainer.enable_progress_bar=false")
 POLL_S = 0.2

@@ -42,6 +42,8 @@ from tests.experiments.cluster.test_slurm import (
 from tests.models.cqil.tiny import make_tiny
 
 NODES = ("ffnode1", "ffnode2")
+# One xdist worker runs every test of the local clusters (they share munged and the machine).
+pytestmark = pytest.mark.xdist_group("slurm")
 TWO = ("--nodes", "2")
 
 
@@ -208,3 +210,31 @@ def test_a_node_lost_mid_fit_is_requeued_onto_the_other_node_and_resumes(two_nod
     for job in ("0", "1"):
         assert metrics(sweep / job) == metrics(tmp_path / "straight" / job), job
     assert script("status").returncode == 0 and "ffnode2 debug* idle" in script("status").stdout
+
+
+@pytest.mark.slurm
+def test_a_master_address_the_ranks_cannot_use_ends_the_job_in_one_line(two_nodes, tmp_path: Path) -> None:
+    """MASTER_ADDR (passed on by sbatch) names an address no node has: rank 0 refuses it before training
+    and srun ends rank 1 (--kill-on-bad-exit), instead of both waiting half an hour in init_process_group."""
+    refused = subprocess.run(
+        [sys.executable, "run.py", "-m", "seed=0", *TINY, "trainer.max_epochs=1", "trainer=ddp", "trainer.accelerator=cpu"]
+        + [
+            "trainer.num_nodes=2",
+            "trainer.devices=1",
+            *SLURM,
+            "hydra.launcher.rendezvous_timeout_s=5",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        env={**cli_env(), "MASTER_ADDR": "10.217.0.99"},  # on the bridge's subnet; no node has it
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-3000:]
+    assert re.match(
+        r"error: SLURM job \d+(_0)? failed, state \w+: rendezvous: rank 0 runs on ffnode1, but the master address "
+        r"10\.217\.0\.99 \(10\.217\.0\.99\) is not this host's; unset MASTER_ADDR",
+        refused.stderr,
+    ), refused.stderr
+    assert not (tmp_path / "0" / "metrics.json").exists()
