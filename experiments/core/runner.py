@@ -23,7 +23,7 @@ from common.values import json_number
 from experiments.core.run_context import RunContext, is_global_zero
 from experiments.core.run_dir import RunDirLock, check_resume_config, remove_stale_results
 from experiments.core.task import TaskResult
-from experiments.core.validation.config_check import check_key_ranges, check_targets, read_signature
+from experiments.core.validation.config_check import check_accelerator, check_key_ranges, check_targets, read_signature
 
 log = logging.getLogger(__name__)
 # TaskResult.exit_status of each run completed in this process (each job of a sweep with Hydra's default
@@ -41,6 +41,7 @@ def validate(cfg: DictConfig) -> Callable[[DictConfig, RunContext], TaskResult]:
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.seed, bool):
         raise UserError(f"seed={cfg.get('seed')!r} must be an integer")
     check_key_ranges(cfg)  # before any import of the task: a plain bad value answers without loading torch
+    check_accelerator(cfg)
     check_targets(cfg, signature_of=read_signature)  # the same, for `_target_` nodes whose source can be read
     runner_path = cfg.task.get("runner")
     try:

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.errors import UserError
 from common.ranges import Range
+from experiments.core.resolvers import GPU_ACCELERATORS
 from experiments.core.validation.source_signatures import TargetSignature, is_certainly_missing, source_signature
 
 # Ranges for parameters of other libraries' classes, matched by class-path prefix and parameter name.
@@ -116,6 +117,20 @@ def check_key_ranges(cfg: DictConfig, ranges: dict[str, Range] | None = None) ->
         problem = bound.violation(value)
         if problem:
             raise UserError(f"{key}={value!r} {problem}; fix the value")
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU asked of a task whose code computes on CPU only is refused, not ignored: `task.accelerators`
+    lists what the task's code runs on (a SLURM job would otherwise hold a GPU it never uses)."""
+    supported = (cfg.get("task") or {}).get("accelerators")
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu")).lower()
+    if supported is None or accelerator not in GPU_ACCELERATORS or "gpu" in [str(a).lower() for a in supported]:
+        return
+    note = cfg.task.get("accelerator_note")
+    raise UserError(
+        f"trainer.accelerator={accelerator}: the {cfg.task.get('name')} task computes on CPU only "
+        f"(task.accelerators={list(supported)}); set trainer.accelerator=cpu" + (f" ({note})" if note else "")
+    )
 
 
 def imported_signature(target_path: str, key: str) -> TargetSignature:
