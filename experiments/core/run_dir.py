@@ -34,14 +34,13 @@ PRESENTATION_ONLY = (
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
 )
-# Keys that may change between a run and its resume without changing what is computed.
+# Keys that may change between a run and its resume without changing what is computed. The device and
+# the number of ranks are not among them: another device draws other random numbers (posRand resets, dropout)
+# and rounds differently, and another world size shards the batches differently.
 RESUMABLE_CHANGES = PRESENTATION_ONLY + (
     "optimized_metric",
     "callbacks",
     "trainer.max_epochs",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.num_nodes",
     "trainer.strategy",
 )
 

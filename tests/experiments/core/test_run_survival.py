@@ -20,9 +20,10 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from common.errors import UserError
 from data.samplers import shuffled
 from experiments.core.checkpointing import ResumableCheckpoint
-from experiments.core.run_dir import RunDirLock
+from experiments.core.run_dir import RunDirLock, check_resume_config
 from experiments.core.runner import run_task
 from tests.conftest import REPO, cli_env
 
@@ -158,6 +159,21 @@ def test_resume_into_a_different_config_is_refused_naming_the_keys(make_config, 
     assert read_metrics(run_dir) != first  # a fresh start, not the old checkpoint
     assert list(tmp_path.glob("run/checkpoints.replaced-*"))  # the old checkpoints were moved aside, not mixed in
     run_task(make_config(*QUICK, "trainer.max_epochs=3", "model.lr=0.01", "logger=csv", output_dir=run_dir), run_dir)
+
+
+@pytest.mark.parametrize(("key", "old", "new"), [("accelerator", "cpu", "gpu"), ("devices", 1, 2), ("num_nodes", 1, 2)])
+def test_a_resume_onto_another_device_or_world_size_is_refused(tmp_path: Path, key: str, old, new) -> None:
+    """Another device draws other random numbers and another world size shards batches otherwise: the
+    resumed run would not be the uninterrupted one."""
+    run_dir = tmp_path / "run"
+
+    def resolved(value, max_epochs: int = 3) -> dict:
+        return {"seed": 0, "trainer": {key: value, "max_epochs": max_epochs, "strategy": "auto"}}
+
+    check_resume_config(run_dir, resolved(old), None, True)
+    with pytest.raises(UserError, match=rf"another config \(trainer\.{key}: "):
+        check_resume_config(run_dir, resolved(new), None, True)
+    check_resume_config(run_dir, resolved(old, max_epochs=9), None, True)  # a longer fit still resumes
 
 
 def test_a_locked_run_dir_is_refused_in_one_line(make_config, tmp_path: Path, capsys) -> None:
