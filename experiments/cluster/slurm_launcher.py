@@ -106,21 +106,23 @@ def task_logs(job: Any) -> list[Path]:
 
 
 def job_failure(job: Any, error: BaseException) -> str:
-    """The failed job's own `error:` line when a task printed one (a UserError), else the exception's last line."""
-    texts = [str(error)]
+    """The failed job's own `error:` line when a task printed one (a UserError), else the exception's last
+    line; the log named is the one the line came from."""
+    texts: list[tuple[str, Any]] = [(str(error), job.paths.stderr)]
     for path in task_logs(job):
         with contextlib.suppress(OSError, TypeError):
-            texts.append(path.read_text(errors="replace"))
-    found = [line.strip() for text in texts for line in text.splitlines() if line.strip().startswith("error: ")]
+            texts.append((path.read_text(errors="replace"), path))
+    found = [(line.strip(), log) for text, log in texts for line in text.splitlines() if line.strip().startswith("error: ")]
+    log = job.paths.stderr
     if found:
-        reason = found[-1][len("error: ") :]
+        reason, log = found[-1][0][len("error: ") :], found[-1][1]
     else:
         lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("-")]
         reason = lines[-1] if lines else type(error).__name__
     state = ""
     with contextlib.suppress(Exception):
         state = f", state {job.watcher.get_state(job.job_id, mode='cache')}"
-    return f"SLURM job {job.job_id} failed{state}: {reason} (log: {job.paths.stderr})"
+    return f"SLURM job {job.job_id} failed{state}: {reason} (log: {log})"
 
 
 def accounting_enabled() -> bool:

@@ -214,8 +214,9 @@ def test_a_node_lost_mid_fit_is_requeued_onto_the_other_node_and_resumes(two_nod
 
 @pytest.mark.slurm
 def test_a_master_address_the_ranks_cannot_use_ends_the_job_in_one_line(two_nodes, tmp_path: Path) -> None:
-    """MASTER_ADDR (passed on by sbatch) names an address no node has: rank 0 refuses it before training
-    and srun ends rank 1 (--kill-on-bad-exit), instead of both waiting half an hour in init_process_group."""
+    """MASTER_ADDR (passed on by sbatch) names an address no node has: rank 0 refuses it as not its own,
+    rank 1 gives up reaching it after rendezvous_timeout_s, and the first to fail ends the job (srun
+    --kill-on-bad-exit) in one line naming that rank's log, instead of both waiting in init_process_group."""
     refused = subprocess.run(
         [sys.executable, "run.py", "-m", "seed=0", *TINY, "trainer.max_epochs=1", "trainer=ddp", "trainer.accelerator=cpu"]
         + [
@@ -232,9 +233,17 @@ def test_a_master_address_the_ranks_cannot_use_ends_the_job_in_one_line(two_node
         timeout=600,
     )
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-3000:]
-    assert re.match(
-        r"error: SLURM job \d+(_0)? failed, state \w+: rendezvous: rank 0 runs on ffnode1, but the master address "
-        r"10\.217\.0\.99 \(10\.217\.0\.99\) is not this host's; unset MASTER_ADDR",
-        refused.stderr,
-    ), refused.stderr
+    rank0 = (
+        r"rank 0 runs on ffnode1, but the master address 10\.217\.0\.99 \(10\.217\.0\.99\) is not this host's; unset MASTER_ADDR"
+    )
+    rank1 = (
+        r"rank 1 on ffnode2 cannot reach the master address 10\.217\.0\.99:\d+ \([^)]+\) within "
+        r"hydra.launcher.rendezvous_timeout_s=5; check"
+    )
+    line = re.match(
+        rf"error: SLURM job (\d+) failed, state \w+: rendezvous: (?:{rank0}|{rank1}).* \(log: (.+)\)$", refused.stderr
+    )
+    assert line, refused.stderr
+    rank = "0" if "rank 0 runs" in refused.stderr else "1"
+    assert line.group(2).endswith(f"{line.group(1)}_{rank}_log.err"), "the log named is the failing rank's"
     assert not (tmp_path / "0" / "metrics.json").exists()
