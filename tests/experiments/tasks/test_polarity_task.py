@@ -83,7 +83,7 @@ def test_polarity_transfer_on_real_digits(make_config, tmp_path: Path) -> None:
         "dataset.n_val=150",
         "polarity.source.dataset.n_train=300",
         "polarity.source.max_epochs=5",
-        "trainer.max_epochs=15",
+        "trainer.max_epochs=8",
         "model.network.channels=[8,16]",
         "model.network.hidden=32",
         "logger=csv",
