@@ -113,6 +113,8 @@ class Scorer:
 
 # Latency modes that run in spawned ranks, and the transport of their per-token collectives.
 DISTRIBUTED_LATENCY_MODES = {"distributed": "dist", "distributed_shm": "shm"}
+# Shared memory carries CPU tensors between same-host CPU ranks: its ranks run on gloo even where GPUs exist.
+LATENCY_BACKENDS = {"distributed": None, "distributed_shm": "gloo"}
 LATENCY_MODES = ("sequential", "fused", *DISTRIBUTED_LATENCY_MODES)
 RANK_THREADS = 1  # intra-op threads per distributed rank: P devices emulated by P one-thread processes
 
@@ -165,7 +167,7 @@ def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) 
     variants, threads = {"original": decoder.layers}, {"original": int(lat.threads)}
     on_gpus = ranks_on_gpus(int(lat.world_size))
     for mode in modes:
-        if mode in DISTRIBUTED_LATENCY_MODES and on_gpus:
+        if mode in DISTRIBUTED_LATENCY_MODES and on_gpus and LATENCY_BACKENDS[mode] is None:
             continue
         variants[same_cores_key(mode, lat)] = decoder.layers
         threads[same_cores_key(mode, lat)] = cqil_threads(mode, lat)
@@ -196,6 +198,7 @@ def latency_table(cfg: DictConfig, lm, specs: list[CQILSpec], modes: list[str]) 
                 comm=comm,
                 shm_capacity=capacity,
                 timeout_s=timeout_s(cfg),
+                backend=LATENCY_BACKENDS[mode],
             )
         )
     return table

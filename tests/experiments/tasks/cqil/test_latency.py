@@ -91,6 +91,8 @@ def test_ranks_on_gpus_skip_the_cpu_same_cores_original(make_config, tmp_path, f
     cfg = tiny_task_config(make_config, tmp_path, "cqil.latency.modes=[fused,distributed]")
     table = task.latency_table(cfg, tiny_lm(), task.parse_settings(cfg.cqil.latency.settings, False), ["fused", "distributed"])
     assert "original@2_threads" not in table and "original" in table
+    table = task.latency_table(cfg, tiny_lm(), task.parse_settings(cfg.cqil.latency.settings, False), ["distributed_shm"])
+    assert "original@2_threads" in table  # shared-memory ranks stay on CPU: their same-cores original is timed
 
 
 def test_the_results_table_shows_both_ratios_per_mode() -> None:
@@ -112,16 +114,18 @@ def test_the_results_table_shows_both_ratios_per_mode() -> None:
 
 def test_the_configured_timeout_reaches_every_spawned_job(make_config, tmp_path, fake_clock, monkeypatch) -> None:
     """`cqil.timeout_s` bounds how long a rank waits for a peer, in the latency stage and distributed scoring."""
-    seen = []
+    seen, backends = [], []
 
     def recording_spawn(job, world_size, threads=1, **kwargs):
         seen.append(kwargs.get("timeout_s"))
+        backends.append(kwargs.get("backend"))
         return inline_spawn(job, world_size, threads)
 
     monkeypatch.setattr(models.cqil.distributed, "spawn", recording_spawn)
     cfg = tiny_task_config(make_config, tmp_path, "cqil.timeout_s=7")
     task.measure_latency(cfg, RunContext(cfg, tmp_path / "run"), tiny_lm(), 4, task.Results())
     assert seen == [7.0, 7.0]  # distributed over gloo and over shared memory
+    assert backends == [None, "gloo"]  # shared memory carries CPU tensors: its ranks never take NCCL and GPUs
     monkeypatch.setattr(task, "distributed_scores", lambda container, rank, world: {})
     task.score_on_ranks(tiny_task_config(make_config, tmp_path, "cqil.mode=distributed", "cqil.timeout_s=3.5"))
     assert seen[-1] == 3.5
