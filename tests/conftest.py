@@ -108,6 +108,7 @@ def experiments_of_task(task: str) -> list[str]:
     return names
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup scheduler reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The quick tier (`-m "not slow"`) leaves out what needs a cluster or a fresh `python run.py` process
     (each costs seconds of start-up); the full suite, CI's, runs everything."""

@@ -72,7 +72,7 @@ def run_toy(conf: Path, run_dir: Path, die_at: int | None = None) -> subprocess.
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,  # a guard against a hang, not a speed bound (loaded machines are slow)
     )
 
 
