@@ -26,6 +26,14 @@ TEST_THREADS = 1
 torch.set_num_threads(TEST_THREADS)
 
 
+@pytest.fixture(autouse=True)
+def one_intra_op_thread():
+    """Every test starts on TEST_THREADS threads, whatever a previous test left set."""
+    torch.set_num_threads(TEST_THREADS)
+    yield
+    torch.set_num_threads(TEST_THREADS)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA_DIR.is_dir():

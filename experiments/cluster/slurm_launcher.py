@@ -70,7 +70,8 @@ class FivefoldSlurmQueueConf(SlurmQueueConf):
     srun_args: list[str] = field(default_factory=lambda: ["--kill-on-bad-exit=1"])
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="fivefold_slurm_schema", node=FivefoldSlurmQueueConf)
+# Stored outside the hydra/launcher group, so it is no launcher option of its own (conf/hydra/launcher/slurm.yaml extends it).
+ConfigStore.instance().store(name="fivefold_slurm_launcher_schema", node=FivefoldSlurmQueueConf)
 
 
 def sbatch_refusal(stderr: str, params: dict[str, Any]) -> str:

@@ -26,14 +26,6 @@ IEMOCAP_FIELDS = dict(speakers=0, labels=1, sentences=2, train=3, test=4, valid=
 MELD_FIELDS = dict(speakers=0, labels=1, sentences=3, train=4, test=5, valid=6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------ real COSMIC pickles
 def test_real_iemocap_metadata(data_dir):
     corpus = read_cosmic(data_dir / "erc/iemocap.pkl", IEMOCAP_FIELDS, IEMOCAP, 2, ["M", "F"])

@@ -10,15 +10,6 @@ from models.recsys.pga import PGAAttack, als_sweeps, ridge_rows
 R = 5.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batched solves: one thread (several threads on a busy machine cost seconds per test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_train(seed: int = 0, users: int = 30, items: int = 20) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     train = rng.integers(1, 6, (users, items)).astype(float) * (rng.random((users, items)) < 0.4)
