@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from data.videos import probe_video, write_video
 from experiments.core.runner import run_task
 from models.memorability.predictors import MemorabilityPredictor
+from tests.experiments.tasks.memorability.files import csv_rows
 from tests.models.memorability.synthetic import moving_square
 
 CROPS = ("crop_fixed", "crop_dynamic_position", "crop_dynamic_size")
@@ -41,11 +41,6 @@ def clip_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, clip_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     cfg = make_config(
@@ -66,7 +61,7 @@ def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, cli
     # brightness rises when the crop keeps the bright square and drops background; the dynamic crops track it
     assert metrics["crop_dynamic_position/delta_mean"] > 0 and metrics["crop_dynamic_size/delta_mean"] > 0
     assert metrics["crop_dynamic_position/score_mean"] > metrics["crop_fixed/score_mean"]
-    scores = _csv_rows(run_dir / "artifacts" / "scores.csv")
+    scores = csv_rows(run_dir / "artifacts" / "scores.csv")
     assert [r["path"] for r in scores] == [f"square{i}.mp4" for i in range(3)]  # a row per video, named by its path
     controls = ["centre", *(f"random_{k}" for k in range(5))]
     assert list(scores[0])[6:] == ["original", *(f"{c}{s}" for c in CROPS for s in ["", *(f"_{k}" for k in controls)])]
@@ -80,7 +75,7 @@ def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, cli
     deltas = np.array([float(r["crop_fixed"]) for r in scores]) - originals
     assert metrics["crop_fixed/delta_low_third_mean"] == pytest.approx(deltas[np.argmin(originals)])
     assert metrics["crop_fixed/delta_high_third_mean"] == pytest.approx(deltas[np.argmax(originals)])
-    boxes = _csv_rows(run_dir / "artifacts" / "boxes.csv")
+    boxes = csv_rows(run_dir / "artifacts" / "boxes.csv")
     assert len(boxes) == 3 * (24 + 30 + 18)
     assert all(int(b["x"]) >= 0 and int(b["x"]) + int(b["w"]) <= 160 and int(b["y"]) + int(b["h"]) <= 96 for b in boxes)
     info = probe_video(run_dir / "artifacts" / "videos" / "square1_dynamic_size.mp4")
@@ -90,7 +85,7 @@ def test_crop_run_writes_the_issue_keys_scores_boxes_and_videos(make_config, cli
         assert [p.name for p in sorted((run_dir / "artifacts" / "views").glob(f"*_{view}.png"))] == [
             f"square{i}_{view}.png" for i in range(3)
         ]
-    exports = _csv_rows(run_dir / "artifacts" / "exports.csv")
+    exports = csv_rows(run_dir / "artifacts" / "exports.csv")
     assert [(r["clip"], r["crop"]) for r in exports] == [(f"square{i}", c.removeprefix("crop_")) for i in range(3) for c in CROPS]
     assert all(r["file"] == f"videos/{r['clip']}_{r['crop']}.mp4" and r["codec"] in ("avc1", "mp4v") for r in exports)
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
@@ -164,7 +159,7 @@ def test_caption_training_smoke_run_reports_held_out_spearman(make_config, tmp_p
         assert -1.0 <= metrics[key] <= 1.0
     assert metrics["data/test_videos"] == 20  # debug=fast: 100 videos, 20 % held out
     assert metrics["data/regressor_inputs"] == 384 + metrics["data/word_features"] > 384  # the regressor sees the words
-    rows = _csv_rows(tmp_path / "run" / "artifacts" / "test_predictions.csv")
+    rows = csv_rows(tmp_path / "run" / "artifacts" / "test_predictions.csv")
     assert len(rows) == 20 and len({r["video_id"] for r in rows}) == 20
 
 

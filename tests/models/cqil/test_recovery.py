@@ -68,18 +68,7 @@ def test_recovery_trains_adapters_only_and_unloads():
     apply_cqil(model, CQILSpec(0, 4, 2))
     windows = torch.randint(0, 97, (4, 12), generator=torch.Generator().manual_seed(1))
 
-    def make_trainer(name, steps):
-        return pl.Trainer(
-            max_steps=steps,
-            max_epochs=-1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-        ), None
-
-    peft_model, module = recover(model, make_trainer, "t", windows, steps=6, batch_size=2, lr=1e-2, rank=4, alpha=4)
+    peft_model, module = recover(model, quiet_trainer, "t", windows, steps=6, batch_size=2, lr=1e-2, rank=4, alpha=4)
     assert len(module.step_seconds) == 6
     keys = list(module.state_dict())
     assert keys and all("lora_" in k for k in keys)  # checkpoints carry the adapters only

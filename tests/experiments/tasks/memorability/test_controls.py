@@ -4,7 +4,6 @@ follow task.controls.seed; task.controls=null leaves the old outputs; a bad sett
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from experiments.core.runner import run_task
 from models.memorability.controls import min_wilcoxon_p
 from models.memorability.pipeline import evenly_spaced
 from models.memorability.predictors import MemorabilityPredictor
+from tests.experiments.tasks.memorability.files import csv_rows
 from tests.models.memorability.synthetic import moving_square
 
 CROPS = ("fixed", "dynamic_position", "dynamic_size")
@@ -72,11 +72,6 @@ def _run(make_config, path: Path, run_dir: Path, *overrides: str, predictor: typ
     return run_dir
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_every_crop_is_reported_against_its_controls(make_config, clip_dir: Path, tmp_path: Path) -> None:
     run = _run(make_config, clip_dir, tmp_path / "run")
     metrics = json.loads((run / "metrics.json").read_text())
@@ -88,7 +83,7 @@ def test_every_crop_is_reported_against_its_controls(make_config, clip_dir: Path
         assert metrics[f"crop_{crop}/delta_vs_control_p"] >= min_wilcoxon_p(len(FRAMES))
 
     # scores.csv: a row per clip with the original, each crop, its centre control and 5 random draws
-    scores = _rows(run / "artifacts" / "scores.csv")
+    scores = csv_rows(run / "artifacts" / "scores.csv")
     assert len(scores) == len(FRAMES) and len(scores[0]) == 6 + 1 + len(CROPS) * 7
     score = {f"{version}@{r['clip']}": float(value) for r in scores for version, value in list(r.items())[6:]}
     clips = [f"square{i}" for i in range(len(FRAMES))]
@@ -105,7 +100,7 @@ def test_every_crop_is_reported_against_its_controls(make_config, clip_dir: Path
         assert metrics[f"crop_{crop}_random/delta_mean"] == pytest.approx((controls[:, 1:].mean(axis=1) - originals).mean())
         relative = {
             r["clip"]: float(r["delta_vs_control"])
-            for r in _rows(run / "artifacts" / "delta_vs_control.csv")
+            for r in csv_rows(run / "artifacts" / "delta_vs_control.csv")
             if r["crop"] == crop
         }
         assert [relative[clip] for clip in clips] == pytest.approx(per_clip.tolist())
@@ -122,8 +117,8 @@ def test_control_boxes_have_the_saliency_boxes_size_on_exactly_the_scored_frames
     make_config, clip_dir: Path, tmp_path: Path
 ) -> None:
     run = _run(make_config, clip_dir, tmp_path / "run", "task.score_frames=4", "cropping.crops.dynamic_size.mass=0.3")
-    saliency = {(r["clip"], r["crop"], r["frame"]): r for r in _rows(run / "artifacts" / "boxes.csv")}
-    controls = _rows(run / "artifacts" / "control_boxes.csv")
+    saliency = {(r["clip"], r["crop"], r["frame"]): r for r in csv_rows(run / "artifacts" / "boxes.csv")}
+    controls = csv_rows(run / "artifacts" / "control_boxes.csv")
     assert len({saliency[k]["w"] for k in saliency if k[1] == "dynamic_size"}) > 1  # sizes vary: the check has teeth
     for i, frames in enumerate(FRAMES):
         scored = {str(j) for j in evenly_spaced(frames, 4)}  # every frame decoded: frame index = kept index
@@ -158,7 +153,7 @@ def test_the_crop_and_its_controls_are_scored_on_the_same_frames(make_config, gr
     path, levels = grey_clip
     run = _run(make_config, path, tmp_path / "run", "task.score_frames=3", predictor=MedianPredictor)
     expected = levels[evenly_spaced(25, 3)].mean() / 255
-    scores = _rows(run / "artifacts" / "scores.csv")
+    scores = csv_rows(run / "artifacts" / "scores.csv")
     assert len(scores) == 1 and len(scores[0]) == 6 + 1 + 3 * 7
     values = np.array([float(value) for value in list(scores[0].values())[6:]])
     assert np.ptp(values) <= 1.5 / 255  # every version alike, up to the codec's rounding
@@ -170,7 +165,7 @@ def test_the_crop_and_its_controls_are_scored_on_the_same_frames(make_config, gr
 
 def test_random_draws_follow_the_seed(make_config, clip_dir: Path, tmp_path: Path) -> None:
     def controls(run: Path, kind: str) -> list[tuple[str, ...]]:
-        rows = _rows(run / "artifacts" / "control_boxes.csv")
+        rows = csv_rows(run / "artifacts" / "control_boxes.csv")
         return [tuple(r.values()) for r in rows if r["control"] == kind]
 
     first = _run(make_config, clip_dir, tmp_path / "a", "debug=fast")
@@ -186,7 +181,7 @@ def test_controls_null_keeps_the_outputs_without_controls(make_config, clip_dir:
     metrics = json.loads((run / "metrics.json").read_text())
     assert not [k for k in metrics if "control" in k or "_centre/" in k or "_random/" in k]
     assert not (run / "artifacts" / "control_boxes.csv").exists()
-    scores = _rows(run / "artifacts" / "scores.csv")
+    scores = csv_rows(run / "artifacts" / "scores.csv")
     assert list(scores[0])[6:] == ["original", *(f"crop_{c}" for c in CROPS)]  # no control columns
     assert len(scores) == 2  # debug=fast: 2 clips
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]

@@ -4,7 +4,6 @@ exports.csv and in the records; a progress bar over the videos; DeepGaze refused
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shutil
@@ -20,6 +19,7 @@ import experiments.tasks.memorability.video as video_module
 from data.videos import has_audio, write_video
 from experiments.core.runner import run_task
 from models.memorability.predictors import MemorabilityPredictor
+from tests.experiments.tasks.memorability.files import csv_rows
 from tests.models.memorability.synthetic import moving_square
 
 
@@ -47,11 +47,6 @@ def _run(make_config, path: Path, run_dir: Path, *overrides: str) -> Path:
     return run_dir
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
 
@@ -66,7 +61,7 @@ def test_the_codec_used_is_said_in_the_log_the_exports_and_the_records(make_conf
     caplog.set_level(logging.INFO)
     run = _run(make_config, clip, tmp_path / "run", "task.video_codecs=[zzzz,mp4v]")
     assert "cannot write zzzz; using mp4v (MPEG-4 Part 2)" in caplog.text
-    assert [(r["file"], r["codec"], r["frames"]) for r in _rows(run / "artifacts" / "exports.csv")] == [
+    assert [(r["file"], r["codec"], r["frames"]) for r in csv_rows(run / "artifacts" / "exports.csv")] == [
         ("videos/square_fixed.mp4", "mp4v", "20")
     ]
     assert {r["video_codec"] for r in _records(run)} == {"mp4v"}
@@ -93,7 +88,7 @@ def test_without_ffmpeg_the_audio_is_dropped_and_said_so(make_config, clip: Path
     caplog.set_level(logging.INFO)
     run = _run(make_config, clip, tmp_path / "run")
     assert "ffmpeg is not on PATH: cropped videos have no audio" in caplog.text
-    assert [r["audio"] for r in _rows(run / "artifacts" / "exports.csv")] == ["dropped: ffmpeg not on PATH"]
+    assert [r["audio"] for r in csv_rows(run / "artifacts" / "exports.csv")] == ["dropped: ffmpeg not on PATH"]
     assert {r["audio"] for r in _records(run)} == {"dropped"}
     assert "audio dropped" in (run / "results.md").read_text()
 
@@ -106,7 +101,7 @@ def test_with_ffmpeg_a_crop_keeps_the_sources_audio(make_config, tmp_path: Path)
     lavfi = ["-f", "lavfi", "-i", "testsrc=size=160x96:rate=10:duration=2", "-f", "lavfi", "-i", "sine=duration=2"]
     subprocess.run(["ffmpeg", "-v", "error", "-y", *lavfi, "-c:v", "mpeg4", "-c:a", "aac", "-shortest", str(source)], check=True)
     run = _run(make_config, source, tmp_path / "run", "task.num_frames=5")  # thinned: written at 1/4 of the rate
-    (export,) = _rows(run / "artifacts" / "exports.csv")
+    (export,) = csv_rows(run / "artifacts" / "exports.csv")
     assert export["audio"] == "kept" and has_audio(run / "artifacts" / export["file"])
     assert {r["audio"] for r in _records(run)} == {"kept"}
 
