@@ -27,10 +27,9 @@ import experiments.core.provenance
 import experiments.core.quiet
 import experiments.core.resolvers  # noqa: F401  (registers ${wandb_offline:}, ${sweep_group:}, ${run_id:})
 from experiments.core.cli_errors import call_with_one_line_errors, task_started
-from experiments.core.runner import final_exit_status, run_task
+from experiments.core.runner import EXIT_STATUSES, final_exit_status, run_task
 
 experiments.core.quiet.install()
-experiments.core.provenance.remember_launch()  # a sweep's later jobs compare the tree on disk with this
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -39,6 +38,17 @@ def main(cfg: DictConfig) -> float | None:
     return run_task(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """`python run.py` on sys.argv once imported: its exit status (0, 2 for bad input, or the largest
+    TaskResult.exit_status of the runs, e.g. 3: some videos failed). Tests call it in-process."""
+    if asks_for_help(sys.argv[1:]):
+        print_help(__doc__)
+        return 0
+    experiments.core.provenance.remember_launch()  # a sweep's later jobs compare the tree on disk with this
+    EXIT_STATUSES.clear()
     call_with_one_line_errors(main)
-    sys.exit(final_exit_status())  # 0, or a completed run's TaskResult.exit_status (e.g. 3: some videos failed)
+    return final_exit_status()
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

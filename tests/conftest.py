@@ -1,7 +1,8 @@
-"""Shared fixtures: the data root, in-process config composition, and the command line in a subprocess."""
+"""Shared fixtures: the data root, in-process config composition, and the command line (in this process or a fresh one)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -71,16 +72,61 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def run_in_process(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """run.py as __main__ with sys.argv, the environment and the console redirected: `python run.py *args` without
+    the seconds of start-up a fresh interpreter spends on imports. Exit status and output as a subprocess's."""
+    import contextlib
+    import io
+    import runpy
+    import traceback
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_argv, saved_env, saved_cwd = sys.argv, dict(os.environ), Path.cwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["run.py", *args]
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(str(REPO / "run.py"), run_name="__main__")  # as __main__: Hydra finds conf/ beside it
+                status = 0
+            except SystemExit as stop:
+                status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+                if stop.code is not None and not isinstance(stop.code, int):
+                    print(stop.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                status = 1
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        GlobalHydra.instance().clear()
+        for handler in [h for h in root.handlers if h not in saved_handlers]:
+            root.removeHandler(handler)
+            handler.close()  # Hydra's run.log handler: flushed and closed as at a process's exit
+        root.handlers[:0] = [h for h in saved_handlers if h not in root.handlers]
+        root.setLevel(saved_level)
+    return subprocess.CompletedProcess(["run.py", *args], status, stdout.getvalue(), stderr.getvalue())
+
+
 @pytest.fixture
 def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run `python run.py *args` with run/sweep dirs under tmp_path unless the args set them."""
+    """Run `python run.py *args` with run/sweep dirs under tmp_path unless the args set them: in this process
+    by default, in a fresh one with `fresh_process=True` (launchers that start processes, DDP, time limits)."""
 
-    def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    def run(*args: str, timeout: int = 300, fresh_process: bool = False) -> subprocess.CompletedProcess:
         extra = []
         if not any(a.startswith("hydra.run.dir=") for a in args):
             extra.append(f"hydra.run.dir={tmp_path / 'run'}")
         if not any(a.startswith("hydra.sweep.dir=") for a in args):
             extra.append(f"hydra.sweep.dir={tmp_path / 'multirun'}")
+        if not fresh_process:
+            return run_in_process([*args, *extra], cli_env())
         return subprocess.run(
             [sys.executable, "run.py", *args, *extra], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout
         )
@@ -118,8 +164,8 @@ def experiments_of_task(task: str) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup scheduler reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The quick tier (`-m "not slow"`) leaves out what needs a cluster or a fresh `python run.py` process
-    (each costs seconds of start-up); the full suite, CI's, runs everything."""
+    """The quick tier (`-m "not slow"`) leaves out what needs a cluster or the whole command line (a full
+    `python run.py`, in this process or a fresh one); the full suite, CI's, runs everything."""
     for item in items:
         if item.get_closest_marker("slurm") or "run_cli" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)

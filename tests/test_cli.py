@@ -65,14 +65,14 @@ def test_multirun_of_two_jobs_then_aggregate(run_cli, tmp_path: Path, capsys) ->
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(run_cli, tmp_path: Path) -> None:
-    result = run_cli("-m", *FAST, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    result = run_cli("-m", *FAST, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", fresh_process=True)
     assert result.returncode == 0, result.stderr
     assert "Joblib.Parallel" in result.stdout + result.stderr
     assert len(completed_jobs(tmp_path / "multirun")) == 2
 
 
 def test_submitit_local_launcher_runs_the_cluster_code_path(run_cli, tmp_path: Path) -> None:
-    result = run_cli("-m", *FAST, "seed=0,1", "hydra/launcher=submitit_local")
+    result = run_cli("-m", *FAST, "seed=0,1", "hydra/launcher=submitit_local", fresh_process=True)
     assert result.returncode == 0, result.stderr
     assert len(completed_jobs(tmp_path / "multirun")) == 2
     assert list((tmp_path / "multirun" / ".submitit").rglob("*_result.pkl"))
@@ -99,7 +99,12 @@ def test_optuna_search_of_two_trials_optimises_the_returned_metric(run_cli, tmp_
 
 def test_ddp_with_two_cpu_processes(run_cli, tmp_path: Path) -> None:
     result = run_cli(
-        "trainer=ddp_cpu", "trainer.max_epochs=3", "task.num_seeds=2", "logger=csv", "trainer.enable_progress_bar=false"
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=3",
+        "task.num_seeds=2",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        fresh_process=True,
     )
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr

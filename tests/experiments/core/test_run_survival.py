@@ -25,7 +25,7 @@ from data.samplers import shuffled
 from experiments.core.checkpointing import ResumableCheckpoint
 from experiments.core.run_dir import RunDirLock, check_resume_config
 from experiments.core.runner import run_task
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, run_in_process
 
 # Guards against a hung process, never a speed bound: a loaded 2-core machine may take minutes per run.
 PATIENCE_S = 900
@@ -47,6 +47,12 @@ def start(run_dir: Path, *overrides: str, base: list[str] = QUICK) -> subprocess
     )
 
 
+def run_here(run_dir: Path, *overrides: str, base: list[str] = QUICK) -> None:
+    """`python run.py` in this process, for runs nothing kills."""
+    result = run_in_process([*base, f"hydra.run.dir={run_dir}", *overrides], cli_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = PATIENCE_S) -> None:
     deadline = time.monotonic() + timeout
     while not path.is_file():
@@ -58,8 +64,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = PATIENCE_S)
 @pytest.mark.slow
 def test_a_fit_killed_after_a_mid_fit_checkpoint_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     epochs = ["trainer.max_epochs=30"]  # ~0.15 s an epoch: the kill lands seconds before the fit would end
-    straight = start(tmp_path / "straight", *epochs)
-    assert straight.wait(PATIENCE_S) == 0, straight.communicate()[1][-2000:]
+    run_here(tmp_path / "straight", *epochs)
 
     victim = start(tmp_path / "killed", *epochs)
     checkpoint = tmp_path / "killed" / "checkpoints" / "population" / "last.ckpt"
@@ -68,15 +73,7 @@ def test_a_fit_killed_after_a_mid_fit_checkpoint_resumes_to_the_uninterrupted_re
     assert victim.wait(60) == -signal.SIGKILL
     assert not (tmp_path / "killed" / "metrics.json").exists(), "the kill came after the fit ended; nothing was tested"
 
-    rerun = subprocess.run(
-        [sys.executable, "run.py", *QUICK, f"hydra.run.dir={tmp_path / 'killed'}", *epochs],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE_S,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    run_here(tmp_path / "killed", *epochs)
     assert "population: resuming from" in (tmp_path / "killed" / "run.log").read_text()
     assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "straight")
 
@@ -104,8 +101,7 @@ def checkpoint_epoch(path: Path) -> int:
 @pytest.mark.slow
 def test_an_erc_fit_with_dropout_killed_after_an_epoch_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     """CMATH trains with dropout, reparameterisation noise and a shuffled loader: all continue exactly."""
-    straight = start(tmp_path / "straight", base=ERC_QUICK)
-    assert straight.wait(PATIENCE_S) == 0, straight.communicate()[1][-2000:]
+    run_here(tmp_path / "straight", base=ERC_QUICK)
 
     victim = start(tmp_path / "killed", base=ERC_QUICK)
     checkpoint = tmp_path / "killed" / "checkpoints" / "cmath_seed0" / "last.ckpt"
@@ -118,8 +114,7 @@ def test_an_erc_fit_with_dropout_killed_after_an_epoch_resumes_to_the_uninterrup
     assert victim.wait(60) == -signal.SIGKILL
     assert not (tmp_path / "killed" / "metrics.json").exists(), "the kill came after the fit ended; nothing was tested"
 
-    rerun = start(tmp_path / "killed", base=ERC_QUICK)
-    assert rerun.wait(PATIENCE_S) == 0, rerun.communicate()[1][-2000:]
+    run_here(tmp_path / "killed", base=ERC_QUICK)
     assert "Restoring states from the checkpoint" in (tmp_path / "killed" / "run.log").read_text()
     assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "straight")
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from experiments.core.run_context import RunContext
 from experiments.core.step_logger import ContinuingStepLogger
-from tests.conftest import REPO, cli_env, compose_config
+from tests.conftest import REPO, cli_env, compose_config, run_in_process
 
 TOY_TASK = """# @package _global_
 defaults:
@@ -63,9 +63,11 @@ def test_debug_fast_bounds_any_task_through_task_limit(toy_conf: Path) -> None:
 
 
 def run_toy(conf: Path, run_dir: Path, die_at: int | None = None) -> subprocess.CompletedProcess:
+    """In a fresh process where the loop may kill itself (TOY_DIE_AT), else in this one."""
     env = cli_env()
-    if die_at is not None:
-        env["TOY_DIE_AT"] = str(die_at)
+    if die_at is None:
+        return run_in_process(toy_overrides(conf, f"hydra.run.dir={run_dir}"), env)
+    env["TOY_DIE_AT"] = str(die_at)
     return subprocess.run(
         [sys.executable, "run.py", *toy_overrides(conf, f"hydra.run.dir={run_dir}")],
         cwd=REPO,

@@ -28,7 +28,7 @@ from data.videos import write_video
 from experiments.core.runner import run_task
 from experiments.tasks.memorability.task import FAILED_VIDEOS
 from models.memorability.predictors import MemorabilityPredictor
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, run_in_process
 from tests.models.memorability.synthetic import moving_square
 
 CROPS = ("fixed", "dynamic_position", "dynamic_size")
@@ -292,13 +292,24 @@ def test_views_are_optional(make_config, folder: Path, tmp_path: Path) -> None:
         _run(make_config, folder, tmp_path / "bad", "task.views.frames=0")
 
 
+def _batch_args(run_dir: Path, root: Path, *extra: str) -> list[str]:
+    args = ["experiment=memorability_crop", f"dataset.path={root}", "dataset.glob=**/*.mp4", "logger=none"]
+    return [*args, "task.controls=null", "task.views=null", f"hydra.run.dir={run_dir}", *extra]
+
+
 def _start(run_dir: Path, root: Path, *extra: str, module: bool = False) -> subprocess.Popen:
     entry = ["-m", "experiments.tasks.memorability.batch"] if module else ["run.py"]
-    args = ["experiment=memorability_crop", f"dataset.path={root}", "dataset.glob=**/*.mp4", "logger=none"]
-    args += ["task.controls=null", "task.views=null", f"hydra.run.dir={run_dir}", *extra]
     return subprocess.Popen(
-        [sys.executable, *entry, *args], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [sys.executable, *entry, *_batch_args(run_dir, root, *extra)],
+        cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _run_py(run_dir: Path, root: Path, *extra: str, status: int = 0) -> tuple[str, str]:
+    """`python run.py` run in this process (no kill needed): (stdout, stderr), after checking its exit status."""
+    result = run_in_process(_batch_args(run_dir, root, *extra), cli_env())
+    assert result.returncode == status, (result.stdout + result.stderr)[-3000:]
+    return result.stdout, result.stderr
 
 
 def _finish(process: subprocess.Popen, status: int = 0) -> tuple[str, str]:
@@ -324,7 +335,7 @@ def test_a_killed_batch_resumes_where_it_stopped(folder: Path, tmp_path: Path) -
     done = len(_rows(scores))
     assert 1 <= done < 4, "the kill came after the batch ended; nothing was tested"
     _finish(straight)
-    _finish(_start(tmp_path / "killed", folder, slow))
+    _run_py(tmp_path / "killed", folder, slow)
     assert f"resuming: {done} videos already scored (skipped)" in (tmp_path / "killed" / "run.log").read_text()
     _same_logs(tmp_path / "killed", tmp_path / "straight")
     assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "straight")
@@ -332,16 +343,16 @@ def test_a_killed_batch_resumes_where_it_stopped(folder: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_run_py_exits_3_when_videos_of_a_batch_failed(folder: Path, tmp_path: Path) -> None:
-    _finish(_start(tmp_path / "good", folder, STAND_IN), 0)
+    _run_py(tmp_path / "good", folder, STAND_IN)
     (folder / "b" / "broken.mp4").write_text("not a video")
-    _finish(_start(tmp_path / "some", folder, STAND_IN), FAILED_VIDEOS)
+    _run_py(tmp_path / "some", folder, STAND_IN, status=FAILED_VIDEOS)
     assert "b/broken.mp4 failed, recorded in failures.csv" in (tmp_path / "some" / "run.log").read_text()
     assert (tmp_path / "some" / "metrics.json").is_file()  # the results are written all the same
     assert json.loads((tmp_path / "some" / "metrics.json").read_text())["batch/videos_failed"] == 1
     _finish(_start(tmp_path / "module", folder, STAND_IN, module=True), FAILED_VIDEOS)  # the batch name: the same
     empty = tmp_path / "empty"
     empty.mkdir()
-    _, err = _finish(_start(tmp_path / "none", empty, STAND_IN), 2)
+    _, err = _run_py(tmp_path / "none", empty, STAND_IN, status=2)
     assert err.strip().splitlines() == [
         f"error: {empty}: no file matches dataset.glob='**/*.mp4'; check the pattern (e.g. '**/*.mp4' recurses)"
     ]
